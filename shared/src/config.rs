@@ -1,0 +1,392 @@
+//! Configuration of both services: compiled-in defaults < optional TOML file < environment,
+//! extracted into typed structs and checked once at start-up.
+//!
+//! The defaults and the documentation of every setting live in `shared/config.default.toml`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::domain::Country;
+
+/// The compiled-in defaults, also the reference for every setting.
+pub const DEFAULTS_TOML: &str = include_str!("../config.default.toml");
+
+/// Names the optional TOML file layered over the defaults.
+pub const CONFIG_FILE_ENV: &str = "FINALPRICE_CONFIG_FILE";
+
+/// The largest batch a worker may commit: 4 bound columns per row must stay under SQLite's
+/// 32 766 bind parameters (PostgreSQL allows 65 535).
+pub const MAX_BATCH_SIZE: usize = 8000;
+
+/// Why the configuration could not be loaded; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value could not be read or has the wrong type (figment names key and source).
+    #[error("configuration: {0}")]
+    Extract(#[from] Box<figment::Error>),
+    /// A value has the right type but is outside what the services can work with.
+    #[error("configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// Everything both services read at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub db: DbConfig,
+    pub http: HttpConfig,
+    pub worker: WorkerConfig,
+    pub orders: OrdersConfig,
+    pub log: LogConfig,
+}
+
+/// How to reach nats-server and how the order stream is sized.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Empty means "the service's own name".
+    pub client_name: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// 0 keeps the value of `nats/stream-orders.json`.
+    pub stream_max_messages: i64,
+    /// 0 keeps the value of `nats/stream-orders.json`.
+    pub stream_max_bytes: i64,
+    /// 0 keeps the value of `nats/stream-orders.json`.
+    pub stream_replicas: usize,
+}
+
+/// The worker's database.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbConfig {
+    /// May hold a password: never printed whole (see the `Debug` impl).
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+/// The front's HTTP side and its bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub reply_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub status_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_in_flight: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// How the worker batches, retries and stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub batch_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Rules of the order form that depend on the shop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersConfig {
+    pub default_country: Country,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Config {
+    /// Loads the configuration from the defaults, the file named by `FINALPRICE_CONFIG_FILE`
+    /// and the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
+        Self::from_figment(&Self::figment(file.as_deref()))
+    }
+
+    /// The layered sources, without extracting them; tests build on this.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Toml::string(DEFAULTS_TOML));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::raw().only(&["NATS_URL"]).map(|_| "nats.url".into()))
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "db.url".into()))
+            .merge(
+                Env::prefixed("FINALPRICE_")
+                    .ignore(&["CONFIG_FILE"])
+                    .split("__"),
+            )
+    }
+
+    /// Extracts and checks a configuration from any set of sources.
+    pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        if !(self.nats.url.starts_with("nats://")
+            || self.nats.url.starts_with("tls://")
+            || self.nats.url.starts_with("ws://")
+            || self.nats.url.starts_with("wss://")
+            || !self.nats.url.contains("://"))
+        {
+            return Err(invalid(
+                "nats.url",
+                "must be a nats:// (or tls://, ws://) URL",
+            ));
+        }
+        if self.nats.request_timeout.is_zero() {
+            return Err(invalid("nats.request_timeout", "must be above 0"));
+        }
+        if self.nats.stream_max_messages < 0 || self.nats.stream_max_bytes < 0 {
+            return Err(invalid(
+                "nats.stream_max_messages",
+                "and nats.stream_max_bytes must be 0 (keep the definition) or positive",
+            ));
+        }
+        if !(self.db.url.starts_with("postgres://")
+            || self.db.url.starts_with("postgresql://")
+            || self.db.url.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "db.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.db.max_connections == 0 {
+            return Err(invalid("db.max_connections", "must be at least 1"));
+        }
+        if self.http.reply_timeout.is_zero() {
+            return Err(invalid("http.reply_timeout", "must be above 0"));
+        }
+        if self.http.status_timeout.is_zero() {
+            return Err(invalid("http.status_timeout", "must be above 0"));
+        }
+        if self.http.max_body_bytes < 256 {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be at least 256 bytes (a filled form is about 200)",
+            ));
+        }
+        if self.http.max_in_flight == 0 {
+            return Err(invalid("http.max_in_flight", "must be at least 1"));
+        }
+        if self.http.header_read_timeout.is_zero() {
+            return Err(invalid("http.header_read_timeout", "must be above 0"));
+        }
+        if self.http.retry_after.as_secs() == 0 {
+            return Err(invalid(
+                "http.retry_after",
+                "must be at least 1s (Retry-After counts whole seconds)",
+            ));
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.worker.batch_size) {
+            return Err(invalid(
+                "worker.batch_size",
+                format!("must be between 1 and {MAX_BATCH_SIZE}"),
+            ));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.worker.retry_delay.is_zero()
+            || self.worker.retry_max_delay < self.worker.retry_delay
+        {
+            return Err(invalid(
+                "worker.retry_delay",
+                "must be above 0 and at most worker.retry_max_delay",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The country whose national phone numbers the form accepts.
+    pub fn default_country(&self) -> Country {
+        self.orders.default_country
+    }
+}
+
+impl DbConfig {
+    /// Whether the database is SQLite (one writer at a time) rather than PostgreSQL.
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`, for logs and `Debug`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn load_with(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(&Figment::from(Toml::string(DEFAULTS_TOML)).merge(Toml::string(toml)))
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_contract() {
+        let config = load_with("").expect("defaults are valid");
+        assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(config.http.addr.to_string(), "127.0.0.1:8080");
+        assert!(
+            config.db.is_sqlite(),
+            "the embedded default is a SQLite file"
+        );
+        assert_eq!(config.default_country(), Country::Russia);
+        assert_eq!(config.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn a_file_layer_overrides_defaults_and_durations_read_humanly() {
+        let config = load_with(
+            "[http]\nreply_timeout = \"250ms\"\n[worker]\nbatch_size = 100\nbatch_linger = \"0s\"",
+        )
+        .expect("valid");
+        assert_eq!(config.http.reply_timeout, Duration::from_millis(250));
+        assert_eq!(config.worker.batch_size, 100);
+        assert!(config.worker.batch_linger.is_zero());
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases: &[(&str, &str)] = &[
+            ("[worker]\nbatch_size = 0", "worker.batch_size"),
+            ("[worker]\nbatch_size = 9000", "worker.batch_size"),
+            ("[db]\nurl = \"mysql://x\"", "db.url"),
+            ("[http]\nretry_after = \"200ms\"", "http.retry_after"),
+            ("[http]\nreply_timeout = \"soon\"", "reply_timeout"),
+            ("[http]\naddr = \"not an address\"", "addr"),
+            ("[http]\nbogus = 1", "bogus"),
+        ];
+        for (toml, key) in cases {
+            let error = load_with(toml).expect_err(toml).to_string();
+            assert!(
+                error.to_lowercase().contains(key),
+                "error for {toml:?} should name {key}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn environment_names_from_the_contract_are_read() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("NATS_URL", "nats://10.0.0.1:4222");
+            jail.set_env("DATABASE_URL", "postgres://fp:pw@db/fp");
+            jail.set_env("FINALPRICE_HTTP__ADDR", "0.0.0.0:9000");
+            jail.set_env("FINALPRICE_WORKER__BATCH_SIZE", "64");
+            jail.set_env(CONFIG_FILE_ENV, "ignored-by-the-env-layer.toml");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
+            assert_eq!(config.db.url, "postgres://fp:pw@db/fp");
+            assert_eq!(config.http.addr.to_string(), "0.0.0.0:9000");
+            assert_eq!(config.worker.batch_size, 64);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_file_that_is_missing_is_an_error() {
+        let error = Config::from_figment(&Config::figment(Some(Path::new("/nonexistent/fp.toml"))))
+            .expect_err("missing file");
+        assert!(error.to_string().contains("fp.toml"), "{error}");
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let figment = Config::figment(None).merge(Serialized::default("worker.concurrency", 9));
+        assert_eq!(
+            Config::from_figment(&figment)
+                .expect("valid")
+                .worker
+                .concurrency,
+            9
+        );
+    }
+
+    #[test]
+    fn passwords_never_show_in_debug() {
+        let config = load_with("[db]\nurl = \"postgres://fp:s3cret@db:5432/fp\"").expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://fp:***@db:5432/fp"), "{shown}");
+    }
+}

@@ -1,0 +1,16 @@
+//! FinalPrice's shared library: what the front and the worker must agree on.
+//!
+//! # Layout
+//! - [`domain`]: the order's fields as types that can only hold valid values.
+//! - [`messages`]: what travels over NATS between front and worker, and on which subjects.
+//! - [`config`]: the layered configuration of both services (`config.default.toml`).
+//! - [`nats`]: connecting, and the stream and consumer definitions of `nats/`.
+//! - [`telemetry`]: logs, OTLP spans, and trace context in NATS headers.
+//! - [`shutdown`]: the SIGTERM / Ctrl-C signal both services stop on.
+
+pub mod config;
+pub mod domain;
+pub mod messages;
+pub mod nats;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,170 @@
+//! Wire messages between front and worker, and the NATS names they travel on.
+//!
+//! Order path: the front publishes a [`NewOrder`] on [`order_subject`] with the reply inbox in
+//! [`REPLY_TO_HEADER`]; the worker answers a [`Confirmation`] on that inbox after its commit.
+//! Status path: the front asks [`STATUS_SUBJECT`] with an order id and a worker answers a
+//! [`StatusReply`].
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{CustomerName, PhoneNumber};
+
+/// The header carrying the front's reply inbox: JetStream keeps the message's own reply subject
+/// for acks, so the worker cannot answer there.
+pub const REPLY_TO_HEADER: &str = "FinalPrice-Reply-To";
+
+/// Workers answer order-status requests here, as one queue group.
+pub const STATUS_SUBJECT: &str = "finalprice.status";
+
+/// The queue group every worker joins for status requests, so one of them answers each.
+pub const STATUS_QUEUE_GROUP: &str = "finalprice-workers";
+
+/// One subject per order, so that "is it still queued?" is a direct get by subject.
+pub fn order_subject(id: Uuid) -> String {
+    format!("orders.{id}")
+}
+
+/// An order as the front hands it to the queue. The domain types re-validate on
+/// deserialization, so a worker never commits what the front would have refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrder {
+    /// Decided by the shopper's idempotency key: every retry of one submission names it.
+    pub id: Uuid,
+    pub name: CustomerName,
+    pub phone: PhoneNumber,
+    /// When the front accepted the submission; kept through redeliveries.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The worker's answer on the front's inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub id: Uuid,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// What became of one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Outcome {
+    /// The order is a committed row (now, or already before this delivery).
+    Accepted,
+    /// The order will never be written; `reason` is for operators and holds no personal data.
+    Rejected { reason: String },
+}
+
+/// A status request: which order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    pub id: Uuid,
+}
+
+/// The state of one order as the workers know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub id: Uuid,
+    pub state: OrderState,
+    /// The phone with all but a few digits hidden; never the full number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_masked: Option<String>,
+}
+
+/// Where an order is on its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderState {
+    /// Committed in the database.
+    Accepted,
+    /// In the queue, not yet committed.
+    Pending,
+    /// Neither committed nor queued.
+    Unknown,
+}
+
+/// A message that could not be decoded; says what, never the payload.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed message: {0}")]
+pub struct DecodeError(#[from] serde_json::Error);
+
+/// JSON on the wire: small, debuggable with `nats sub`, and fast enough at our rates.
+pub fn encode<T: Serialize>(message: &T) -> Bytes {
+    // Serializing these plain structs cannot fail (no maps with non-string keys, no I/O); were
+    // it ever to, the empty payload fails to decode on the other side, visibly.
+    Bytes::from(serde_json::to_vec(message).unwrap_or_default())
+}
+
+/// The inverse of [`encode`].
+pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, DecodeError> {
+    Ok(serde_json::from_slice(payload)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Country;
+
+    fn order() -> NewOrder {
+        NewOrder {
+            id: Uuid::now_v7(),
+            name: CustomerName::parse("Анна").expect("valid"),
+            phone: PhoneNumber::parse("8 999 123-45-67", Country::Russia).expect("valid"),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn an_order_round_trips() {
+        let order = order();
+        assert_eq!(decode::<NewOrder>(&encode(&order)).expect("decodes"), order);
+    }
+
+    #[test]
+    fn a_worker_refuses_an_order_the_front_would_have_refused() {
+        let id = Uuid::now_v7();
+        let bad = format!(
+            r#"{{"id":"{id}","name":"<script>","phone":"+79991234567","created_at":"2026-11-27T00:00:00Z"}}"#
+        );
+        assert!(decode::<NewOrder>(bad.as_bytes()).is_err());
+        let bad_phone = format!(
+            r#"{{"id":"{id}","name":"Анна","phone":"89991234567","created_at":"2026-11-27T00:00:00Z"}}"#
+        );
+        assert!(
+            decode::<NewOrder>(bad_phone.as_bytes()).is_err(),
+            "the wire carries E.164 only"
+        );
+    }
+
+    #[test]
+    fn confirmations_read_as_flat_json() {
+        let id = Uuid::now_v7();
+        let accepted = Confirmation {
+            id,
+            outcome: Outcome::Accepted,
+        };
+        assert_eq!(
+            String::from_utf8(encode(&accepted).to_vec()).expect("utf-8"),
+            format!(r#"{{"id":"{id}","status":"accepted"}}"#)
+        );
+        let rejected = Confirmation {
+            id,
+            outcome: Outcome::Rejected {
+                reason: "malformed".into(),
+            },
+        };
+        assert_eq!(
+            decode::<Confirmation>(&encode(&rejected)).expect("decodes"),
+            rejected
+        );
+    }
+
+    #[test]
+    fn debug_output_of_an_order_hides_personal_data() {
+        let shown = format!("{:?}", order());
+        assert!(!shown.contains("Анна"), "{shown}");
+        assert!(!shown.contains("9991234567"), "{shown}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The NATS side both services share: connecting, and the stream and consumer definitions of
+//! `nats/`, compiled in so that services and operators read one source.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, ConnectOptions};
+
+use crate::config::NatsConfig;
+
+/// `nats/stream-orders.json`: the work-queue stream of orders.
+pub const ORDERS_STREAM_JSON: &str = include_str!("../../nats/stream-orders.json");
+/// `nats/consumer-workers.json`: the pull consumer all workers share.
+pub const WORKERS_CONSUMER_JSON: &str = include_str!("../../nats/consumer-workers.json");
+
+/// Why the NATS side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A definition in `nats/` does not parse: a build of a broken checkout.
+    #[error("definition {file} does not parse")]
+    Definition {
+        file: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot connect to nats-server at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot create or update stream {name}")]
+    Stream {
+        name: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("cannot create or update consumer {name}")]
+    Consumer {
+        name: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// The `ORDERS` stream as `nats/stream-orders.json` defines it, with the configured overrides.
+pub fn orders_stream_config(config: &NatsConfig) -> Result<stream::Config, SetupError> {
+    let mut stream: stream::Config =
+        serde_json::from_str(ORDERS_STREAM_JSON).map_err(|source| SetupError::Definition {
+            file: "nats/stream-orders.json",
+            source,
+        })?;
+    if config.stream_max_messages > 0 {
+        stream.max_messages = config.stream_max_messages;
+    }
+    if config.stream_max_bytes > 0 {
+        stream.max_bytes = config.stream_max_bytes;
+    }
+    if config.stream_replicas > 0 {
+        stream.num_replicas = config.stream_replicas;
+    }
+    Ok(stream)
+}
+
+/// The `workers` consumer as `nats/consumer-workers.json` defines it.
+pub fn workers_consumer_config() -> Result<consumer::pull::Config, SetupError> {
+    serde_json::from_str(WORKERS_CONSUMER_JSON).map_err(|source| SetupError::Definition {
+        file: "nats/consumer-workers.json",
+        source,
+    })
+}
+
+/// Connects with the settings both services share. The connection is made in the background
+/// and retried forever, so a service starts (and answers 503) while nats-server is down.
+pub async fn connect(config: &NatsConfig, default_name: &str) -> Result<Client, SetupError> {
+    let name = if config.client_name.is_empty() {
+        default_name
+    } else {
+        &config.client_name
+    };
+    ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        // Reconnect quickly: a restarted nats-server should be used again within a second.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to nats-server"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from nats-server"),
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(sid, "slow consumer: a subscription dropped messages")
+                }
+                other => tracing::debug!(event = %other, "nats event"),
+            }
+        })
+        .connect(&config.url)
+        .await
+        .map_err(|source| SetupError::Connect {
+            url: config.url.clone(),
+            source,
+        })
+}
+
+/// A JetStream context whose API calls and PubAck waits are bounded by `request_timeout`.
+pub fn jetstream(client: Client, config: &NatsConfig) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(config.request_timeout)
+        .build(client)
+}
+
+/// Makes the `ORDERS` stream exist as defined. Idempotent; several processes may race on it.
+pub async fn ensure_orders_stream(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+) -> Result<stream::Stream, SetupError> {
+    let definition = orders_stream_config(config)?;
+    let name = definition.name.clone();
+    js.create_or_update_stream(definition)
+        .await
+        .map_err(|source| SetupError::Stream {
+            name: name.clone(),
+            source: source.into(),
+        })?;
+    js.get_stream(&name)
+        .await
+        .map_err(|source| SetupError::Stream {
+            name,
+            source: source.into(),
+        })
+}
+
+/// Makes the shared `workers` consumer exist as defined, on an existing stream.
+pub async fn ensure_workers_consumer(
+    stream: &stream::Stream,
+) -> Result<consumer::PullConsumer, SetupError> {
+    let definition = workers_consumer_config()?;
+    let name = definition.durable_name.clone().unwrap_or_default();
+    stream
+        .create_consumer(definition)
+        .await
+        .map_err(|source| SetupError::Consumer {
+            name,
+            source: source.into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_definitions_in_nats_parse_into_what_the_design_needs() {
+        let config = Config::from_figment(&Config::figment(None)).expect("defaults");
+        let stream = orders_stream_config(&config.nats).expect("stream definition");
+        assert_eq!(stream.name, "ORDERS");
+        assert_eq!(stream.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(stream.storage, stream::StorageType::File);
+        assert_eq!(
+            stream.discard,
+            stream::DiscardPolicy::New,
+            "full means refuse, not drop"
+        );
+        assert!(stream.max_messages > 0, "the stream is bounded");
+        assert!(
+            !stream.duplicate_window.is_zero(),
+            "Nats-Msg-Id dedupe is on"
+        );
+        assert_eq!(stream.subjects, vec!["orders.*".to_owned()]);
+
+        let consumer = workers_consumer_config().expect("consumer definition");
+        assert_eq!(consumer.durable_name.as_deref(), Some("workers"));
+        assert_eq!(consumer.ack_policy, consumer::AckPolicy::Explicit);
+        assert!(consumer.max_deliver > 1);
+    }
+
+    #[test]
+    fn configured_overrides_replace_the_definition() {
+        let mut config = Config::from_figment(&Config::figment(None)).expect("defaults");
+        config.nats.stream_max_messages = 10;
+        config.nats.stream_replicas = 3;
+        let stream = orders_stream_config(&config.nats).expect("stream definition");
+        assert_eq!(stream.max_messages, 10);
+        assert_eq!(stream.num_replicas, 3);
+    }
+}

@@ -1,0 +1,126 @@
+//! Logging and tracing for both services, set up once: `RUST_LOG`-filtered logs (pretty or JSON)
+//! and, when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, spans exported over OTLP.
+
+pub mod nats;
+
+use std::sync::Once;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Levels used when `RUST_LOG` is not set: our own crates at info, chatty dependencies quieter.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn,async_nats=warn,h2=warn,tonic=warn";
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot build the OTLP span exporter")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Keeps the span pipeline alive; [`TelemetryGuard::shutdown`] flushes it. Call it last.
+#[derive(Debug)]
+#[must_use = "dropping the guard without shutdown loses the spans still queued"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Exports the spans still queued and stops the exporter. Blocks, so call it off the
+    /// runtime's worker threads (for example from `spawn_blocking`, or after the runtime ended).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "flushing spans at exit failed");
+        }
+    }
+}
+
+/// Whether the standard OpenTelemetry variables ask for span export.
+fn otlp_requested() -> bool {
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()));
+    endpoint && !disabled
+}
+
+/// Installs the global subscriber and, if asked for by `OTEL_*`, the OTLP span pipeline.
+/// Must run inside a Tokio runtime (the gRPC exporter needs one).
+///
+/// `service_name` is used unless `OTEL_SERVICE_NAME` says otherwise.
+pub fn init(service_name: &'static str, log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match log.format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .boxed(),
+    };
+
+    let provider = if otlp_requested() {
+        // The builder reads OTEL_EXPORTER_OTLP_ENDPOINT / _TIMEOUT / _HEADERS itself, and the
+        // provider reads OTEL_TRACES_SAMPLER(_ARG) and OTEL_BSP_*.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name(service_name);
+        }
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource.build())
+                .build(),
+        )
+    } else {
+        None
+    };
+    let otel = provider.as_ref().map(|provider| {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_error_records_to_exceptions(true)
+    });
+
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .with(filter)
+        .try_init()?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// Logs for tests, installed once per test binary; shown only with `TEST_LOG` set
+/// (`TEST_LOG=debug cargo test …`), through the test harness's captured output.
+pub fn init_for_tests() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        if let Ok(level) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::new(level))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
