@@ -1,0 +1,3 @@
+//! sea-orm entities of FinalPrice's tables.
+
+pub mod orders;

@@ -1,0 +1,41 @@
+//! FinalPrice's schema: the `orders` table as one migration for PostgreSQL and SQLite, its
+//! sea-orm entity, and the connection pool the worker and the tools use.
+//!
+//! # Layout
+//! - [`migrations`]: the migrator; `finalprice-worker migrate` runs it.
+//! - [`entity`]: the `orders` entity, built from a validated [`NewOrder`] only.
+//! - [`connect`]: a pool configured for the backend at hand.
+//!
+//! [`NewOrder`]: finalprice_shared::messages::NewOrder
+
+pub mod entity;
+pub mod migrations;
+
+use finalprice_shared::config::DbConfig;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+pub use migrations::Migrator;
+
+/// Opens a pool sized and tuned for the configured backend.
+pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
+    let busy_timeout = config.acquire_timeout;
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .max_connections(config.max_connections)
+        .min_connections(1)
+        .connect_timeout(config.connect_timeout)
+        .acquire_timeout(config.acquire_timeout)
+        // A broken connection (database restarted) is found before a batch runs on it.
+        .test_before_acquire(true)
+        // Statements carry personal data in their parameters; sqlx logs statements.
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |sqlite| {
+            sqlite
+                // WAL lets readers (status requests) run beside the one writer.
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                .busy_timeout(busy_timeout)
+        })
+        .map_sqlx_postgres_opts(|postgres| postgres.application_name("finalprice"));
+    Database::connect(options).await
+}
