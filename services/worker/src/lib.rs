@@ -1,0 +1,18 @@
+//! FinalPrice's worker: pulls orders from the shared JetStream consumer in batches, commits each
+//! batch in one transaction, confirms every order on its front's inbox, then acks.
+//!
+//! # Layout
+//! - [`startup`]: [`Application`]: connect, bind the consumer, run the pull loop and the status
+//!   responder until the shutdown token fires, then drain.
+//! - [`process`]: one batch → committed rows → per-order outcome; no NATS in its signature
+//!   beyond the messages, so tests drive it directly.
+//! - [`status`]: answers "what became of order X?" for the fronts.
+//! - [`stats`]: counters the tests and (later) `/metrics` read.
+
+pub mod process;
+pub mod startup;
+pub mod stats;
+pub mod status;
+
+pub use startup::Application;
+pub use stats::WorkerStats;

@@ -1,0 +1,205 @@
+//! The worker's lifecycle: connect and bind in [`Application::build`], pull and commit batches
+//! in [`Application::run_until_stopped`] until the shutdown token fires, then finish every batch
+//! in hand (commit, confirm, ack) and flush before returning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::Client;
+use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use finalprice_shared::config::{Config, WorkerConfig};
+use finalprice_shared::nats;
+use futures_util::StreamExt;
+use sea_orm::DatabaseConnection;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::process::{self, BatchContext};
+use crate::stats::WorkerStats;
+use crate::status;
+
+/// How long an idle worker's pull request waits for a first order. Short, because a stopping
+/// worker waits it out instead of abandoning a pull the server might still fill.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// A worker, connected and bound to the shared consumer, not yet pulling.
+#[derive(Debug)]
+pub struct Application {
+    client: Client,
+    db: DatabaseConnection,
+    stream: stream::Stream,
+    consumer: PullConsumer,
+    config: WorkerConfig,
+    /// Bound of one NATS request; a pull may take the idle poll plus two of these.
+    request_timeout: Duration,
+    stats: Arc<WorkerStats>,
+}
+
+impl Application {
+    /// Opens the database pool, connects to NATS and makes sure the stream and the shared
+    /// consumer exist as `nats/` defines them. Fails fast when either side is unreachable.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let db = finalprice_db::connect(&config.db).await.with_context(|| {
+            format!(
+                "cannot open the database {}",
+                finalprice_shared::config::redact_url_password(&config.db.url)
+            )
+        })?;
+        let client = nats::connect(&config.nats, "finalprice-worker").await?;
+        let js = nats::jetstream(client.clone(), &config.nats);
+        let stream = nats::ensure_orders_stream(&js, &config.nats)
+            .await
+            .context("is nats-server running with JetStream enabled?")?;
+        let consumer = nats::ensure_workers_consumer(&stream).await?;
+        Ok(Self {
+            client,
+            db,
+            stream,
+            consumer,
+            config: config.worker.clone(),
+            request_timeout: config.nats.request_timeout,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The counters of this worker, live.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Pulls and commits until `shutdown` fires, then drains: batches in hand are committed,
+    /// confirmed and acked (bounded by `worker.shutdown_grace`), and the acks flushed.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let requests = status::subscribe(&self.client)
+            .await
+            .context("cannot subscribe to status requests")?;
+        let status_task = tokio::spawn(status::serve(
+            self.client.clone(),
+            requests,
+            self.db.clone(),
+            self.stream.clone(),
+            shutdown.clone(),
+        ));
+
+        let context = BatchContext {
+            client: self.client.clone(),
+            db: self.db.clone(),
+            stats: Arc::clone(&self.stats),
+            retry_delay: self.config.retry_delay,
+            retry_max_delay: self.config.retry_max_delay,
+        };
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let batches = TaskTracker::new();
+        tracing::info!(
+            batch_size = self.config.batch_size,
+            concurrency = self.config.concurrency,
+            "worker pulling orders"
+        );
+        let pull_deadline = IDLE_POLL + self.config.batch_linger + self.request_timeout * 2;
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            // A permit first: a batch is only pulled when it can be worked on at once, so no
+            // order sits in this process while its ack_wait runs out.
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => permit?,
+            };
+            // Bounded as a whole: with nats-server gone a pull can wait on a reply that never
+            // comes, and a stopping worker must not wait on it.
+            let pulled =
+                tokio::time::timeout(pull_deadline, next_batch(&self.consumer, &self.config))
+                    .await
+                    .unwrap_or_else(|_| Err("pull timed out".into()));
+            let batch = match pulled {
+                Ok(batch) => {
+                    failures = 0;
+                    batch
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %error, failures, "pulling orders failed; retrying");
+                    let backoff = Duration::from_millis(100 * u64::from(failures.min(20)));
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let context = context.clone();
+            batches.spawn(async move {
+                process::handle_batch(&context, batch).await;
+                drop(permit);
+            });
+        }
+
+        tracing::info!(
+            in_flight = batches.len(),
+            "stopping: finishing batches in hand"
+        );
+        batches.close();
+        if tokio::time::timeout(self.config.shutdown_grace, batches.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace ran out; unfinished orders will be redelivered");
+        }
+        let _ = status_task.await;
+        // Acks are buffered publishes: without a flush the last ones may never leave.
+        match tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "final flush failed"),
+            Err(_) => tracing::warn!("final flush timed out"),
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Up to `batch_size` orders: whatever is ready now; if nothing is, the first order to arrive
+/// plus whatever else arrives within `batch_linger` of it.
+async fn next_batch(
+    consumer: &PullConsumer,
+    config: &WorkerConfig,
+) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+    let mut batch = fetch_ready(consumer, config.batch_size).await?;
+    if !batch.is_empty() {
+        return Ok(batch);
+    }
+    let mut waiting = consumer
+        .batch()
+        .max_messages(1)
+        .expires(IDLE_POLL)
+        .messages()
+        .await?;
+    while let Some(message) = waiting.next().await {
+        batch.push(message?);
+    }
+    if batch.is_empty() {
+        return Ok(batch);
+    }
+    if !config.batch_linger.is_zero() {
+        tokio::time::sleep(config.batch_linger).await;
+    }
+    if config.batch_size > 1 {
+        batch.extend(fetch_ready(consumer, config.batch_size - 1).await?);
+    }
+    Ok(batch)
+}
+
+/// The orders available right now, up to `max` (a no-wait pull: returns at once).
+async fn fetch_ready(
+    consumer: &PullConsumer,
+    max: usize,
+) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+    let mut messages = consumer.fetch().max_messages(max).messages().await?;
+    let mut batch = Vec::new();
+    while let Some(message) = messages.next().await {
+        batch.push(message?);
+    }
+    Ok(batch)
+}

@@ -1,0 +1,132 @@
+//! Answers the fronts' "what became of order X?" requests: committed (a row), pending (still
+//! in the stream) or unknown.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::stream;
+use async_nats::{Client, Subscriber};
+use finalprice_db::entity::orders;
+use finalprice_shared::domain::PhoneNumber;
+use finalprice_shared::messages::{
+    self, NewOrder, OrderState, STATUS_QUEUE_GROUP, STATUS_SUBJECT, StatusReply, StatusRequest,
+    order_subject,
+};
+use futures_util::StreamExt;
+use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// Status lookups answered at once by one worker; more wait, which pushes back on the fronts.
+const MAX_CONCURRENT_LOOKUPS: usize = 64;
+
+/// Why a status could not be determined.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("database lookup failed")]
+    Database(#[from] DbErr),
+    #[error("stream lookup failed")]
+    Stream(#[from] stream::DirectGetError),
+}
+
+/// Joins the status queue group. Subscribing before the pull loop starts means a worker that
+/// commits orders can also answer for them.
+pub async fn subscribe(client: &Client) -> Result<Subscriber, async_nats::SubscribeError> {
+    client
+        .queue_subscribe(STATUS_SUBJECT, STATUS_QUEUE_GROUP.to_owned())
+        .await
+}
+
+/// Serves status requests until `shutdown` fires.
+pub async fn serve(
+    client: Client,
+    mut requests: Subscriber,
+    db: DatabaseConnection,
+    stream: stream::Stream,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_LOOKUPS));
+    let tasks = TaskTracker::new();
+    loop {
+        let request = tokio::select! {
+            () = shutdown.cancelled() => break,
+            request = requests.next() => match request {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        let Some(reply_to) = request.reply.clone() else {
+            continue;
+        };
+        let Ok(StatusRequest { id }) = messages::decode(&request.payload) else {
+            tracing::debug!("malformed status request ignored");
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, db, stream) = (client.clone(), db.clone(), stream.clone());
+        tasks.spawn(async move {
+            match lookup(&db, &stream, id).await {
+                Ok(reply) => {
+                    if let Err(error) = client.publish(reply_to, messages::encode(&reply)).await {
+                        tracing::debug!(%error, order_id = %id, "status reply not sent");
+                    }
+                }
+                // No answer: the front treats silence as "cannot tell now", never as "unknown".
+                Err(error) => tracing::warn!(%error, order_id = %id, "status lookup failed"),
+            }
+            drop(permit);
+        });
+    }
+    if let Err(error) = requests.unsubscribe().await {
+        tracing::debug!(%error, "status unsubscribe failed");
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// The state of one order. The database is asked again after the stream, because a worker
+/// commits and then acks: an order can leave the stream between the two looks.
+pub async fn lookup(
+    db: &DatabaseConnection,
+    stream: &stream::Stream,
+    id: Uuid,
+) -> Result<StatusReply, LookupError> {
+    if let Some(reply) = committed(db, id).await? {
+        return Ok(reply);
+    }
+    match stream.direct_get_last_for_subject(order_subject(id)).await {
+        Ok(message) => {
+            let phone_masked = messages::decode::<NewOrder>(&message.payload)
+                .ok()
+                .map(|order| order.phone.masked());
+            return Ok(StatusReply {
+                id,
+                state: OrderState::Pending,
+                phone_masked,
+            });
+        }
+        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {}
+        Err(error) => return Err(error.into()),
+    }
+    Ok(committed(db, id).await?.unwrap_or(StatusReply {
+        id,
+        state: OrderState::Unknown,
+        phone_masked: None,
+    }))
+}
+
+async fn committed(db: &DatabaseConnection, id: Uuid) -> Result<Option<StatusReply>, DbErr> {
+    Ok(orders::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .map(|row| StatusReply {
+            id,
+            state: OrderState::Accepted,
+            phone_masked: PhoneNumber::parse_e164(&row.phone)
+                .ok()
+                .map(|phone| phone.masked()),
+        }))
+}
