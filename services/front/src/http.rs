@@ -1,0 +1,87 @@
+//! Small response helpers shared by the routes: bodies, content negotiation, common headers.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::Full;
+
+/// Every response body of the front is built in memory: pages are a few KB.
+pub type Body = Full<Bytes>;
+
+/// An HTML page.
+pub fn html(status: StatusCode, page: String) -> Response<Body> {
+    with_type(status, "text/html; charset=utf-8", page.into())
+}
+
+/// A JSON document.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    with_type(status, "application/json", value.to_string().into())
+}
+
+/// Plain text, for probes and plain errors.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    with_type(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
+/// POST → 303 → GET: a reload of the result page never resubmits the order.
+pub fn see_other(location: &str) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Adds `Retry-After` (whole seconds) to a 503.
+pub fn retry_after(mut response: Response<Body>, seconds: u64) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// Whether the client asked for JSON rather than a page.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/json"))
+}
+
+/// Headers every response carries: no inline script may run, no framing, no sniffing.
+pub fn add_security_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}

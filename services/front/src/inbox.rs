@@ -1,0 +1,104 @@
+//! One reply subscription per process: every request that expects an answer (an order's
+//! confirmation, a status reply) registers a token, names `<prefix>.<token>` as its reply
+//! subject, and is woken by the dispatcher. Entries leave the map when answered or when the
+//! waiter is dropped (timeout, client gone), so nothing leaks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_nats::{Client, Message, Subscriber};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+
+/// The process's reply inbox.
+#[derive(Debug)]
+pub struct Inbox {
+    prefix: String,
+    next_token: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Message>>>,
+}
+
+impl Inbox {
+    /// Subscribes `<fresh inbox>.*` and starts the dispatcher. The subscription is on the wire
+    /// before any publish that names it, since one connection keeps its order.
+    pub async fn start(client: &Client) -> Result<Arc<Self>, async_nats::SubscribeError> {
+        let prefix = client.new_inbox();
+        let subscriber = client.subscribe(format!("{prefix}.*")).await?;
+        let inbox = Arc::new(Self {
+            prefix,
+            next_token: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(dispatch(subscriber, Arc::clone(&inbox)));
+        Ok(inbox)
+    }
+
+    /// A new waiter; its reply subject is ready to be published.
+    pub fn register(self: &Arc<Self>) -> Waiter {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        self.lock().insert(token, sender);
+        Waiter {
+            subject: format!("{}.{token}", self.prefix),
+            token,
+            receiver,
+            inbox: Arc::clone(self),
+        }
+    }
+
+    /// Requests still waiting for an answer.
+    pub fn waiting(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Message>>> {
+        // The map holds no invariant a panicking holder could break half-way.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Routes each reply to its waiter. Never blocks: a slow dispatcher would make the client drop
+/// replies (slow consumer).
+async fn dispatch(mut subscriber: Subscriber, inbox: Arc<Inbox>) {
+    while let Some(message) = subscriber.next().await {
+        let token = message
+            .subject
+            .rsplit_once('.')
+            .and_then(|(_, token)| token.parse::<u64>().ok());
+        let sender = token.and_then(|token| inbox.lock().remove(&token));
+        match sender {
+            // The waiter may have given up in between; then nobody needs this reply.
+            Some(sender) => drop(sender.send(message)),
+            None => tracing::debug!("reply for a request that stopped waiting"),
+        }
+    }
+    tracing::debug!("inbox subscription closed");
+}
+
+/// One pending request's end of the inbox.
+#[derive(Debug)]
+pub struct Waiter {
+    subject: String,
+    token: u64,
+    receiver: oneshot::Receiver<Message>,
+    inbox: Arc<Inbox>,
+}
+
+impl Waiter {
+    /// The reply subject to publish with.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The reply, once it arrives; `None` only if the dispatcher is gone. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Message> {
+        (&mut self.receiver).await.ok()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.inbox.lock().remove(&self.token);
+    }
+}

@@ -1,0 +1,21 @@
+//! FinalPrice's front: the order form over HTTP, the order handed to JetStream, the worker's
+//! confirmation awaited on the process's reply inbox, and the answer a browser or API client
+//! expects (DESIGN.md §1). It holds no database connection.
+//!
+//! # Layout
+//! - [`startup`]: [`Application`]: connect, bind, serve until the shutdown token, drain.
+//! - [`routes`]: method + path → handler; security headers on every response.
+//! - [`form`]: the raw form → a validated order or per-field errors.
+//! - [`queue`]: publish + wait for the confirmation; status requests to the workers.
+//! - [`inbox`]: the one reply subscription and its map of waiting requests.
+//! - [`pages`], [`http`]: templates from `ui/`, response helpers.
+
+pub mod form;
+pub mod http;
+pub mod inbox;
+pub mod pages;
+pub mod queue;
+pub mod routes;
+pub mod startup;
+
+pub use startup::Application;

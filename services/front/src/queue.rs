@@ -1,0 +1,260 @@
+//! The front's side of the order path over NATS: publish an order and wait for its
+//! confirmation, and ask the workers what became of an order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::{Client, HeaderMap, StatusCode};
+use finalprice_shared::messages::{
+    self, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, STATUS_SUBJECT,
+    StatusReply, StatusRequest, order_subject,
+};
+use finalprice_shared::telemetry;
+use tokio::time::Instant;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::inbox::Inbox;
+
+/// First pause between status polls for a duplicate submission; doubles up to a quarter second.
+const FIRST_POLL: Duration = Duration::from_millis(25);
+
+/// How a submission ended, short of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Committed in the database: the shopper may be told "accepted".
+    Accepted,
+    /// Durable in the stream, not confirmed in time: "being saved".
+    Pending,
+}
+
+/// Why a submission did not end in the queue or was refused; each variant is one reaction.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// No PubAck: NATS down, stream missing or full, publish timed out. Nothing is durable;
+    /// the shopper should try again (503).
+    #[error("the order queue is unavailable ({0})")]
+    Unavailable(&'static str),
+    /// A worker will never write this order (500-class: not saved).
+    #[error("the order was rejected by a worker: {reason}")]
+    Rejected { reason: String },
+}
+
+/// Why a status could not be learned; "cannot tell now", never "unknown".
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("no worker answers status requests")]
+    NoWorker,
+    #[error("no status answer in time")]
+    TimedOut,
+    #[error("status request could not be sent")]
+    Publish(#[from] async_nats::PublishError),
+    #[error("malformed status answer")]
+    Malformed(#[from] messages::DecodeError),
+}
+
+/// How long each step of the order path may take before the front answers without it.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Handing the order to JetStream until its PubAck.
+    pub publish: Duration,
+    /// The worker's confirmation after the PubAck.
+    pub reply: Duration,
+    /// A worker's answer to a status request.
+    pub status: Duration,
+}
+
+/// Handles to everything an order needs on its way through NATS.
+#[derive(Debug, Clone)]
+pub struct OrderQueue {
+    client: Client,
+    js: jetstream::Context,
+    stream_name: String,
+    /// For direct gets by subject; made without a server round trip.
+    stream: stream::Stream<()>,
+    inbox: Arc<Inbox>,
+    timeouts: Timeouts,
+}
+
+impl OrderQueue {
+    /// Binds the queue to the stream named `stream_name` (which need not exist yet).
+    pub async fn new(
+        client: Client,
+        js: jetstream::Context,
+        stream_name: String,
+        inbox: Arc<Inbox>,
+        timeouts: Timeouts,
+    ) -> Result<Self, jetstream::context::GetStreamError> {
+        let stream = js.get_stream_no_info(&stream_name).await?;
+        Ok(Self {
+            client,
+            js,
+            stream_name,
+            stream,
+            inbox,
+            timeouts,
+        })
+    }
+
+    /// The NATS client, for readiness checks.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the order stream answers (for `/readyz`).
+    pub async fn stream_reachable(&self) -> bool {
+        let mut stream = match self.js.get_stream(&self.stream_name).await {
+            Ok(stream) => stream,
+            Err(_) => return false,
+        };
+        stream.info().await.is_ok()
+    }
+
+    /// Publishes `order` and waits up to the reply timeout for a worker's confirmation.
+    /// `Ok` only once the order is durable in the stream; `Accepted` only once it is committed.
+    pub async fn submit(&self, order: &NewOrder) -> Result<Submitted, SubmitError> {
+        let mut waiter = self.inbox.register();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            order.id.to_string().as_str(),
+        );
+        headers.insert(REPLY_TO_HEADER, waiter.subject());
+
+        let publish_span = tracing::info_span!(
+            "orders publish",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = "orders",
+            messaging.message.id = %order.id,
+        );
+        let ack = async {
+            telemetry::nats::inject_current(&mut headers);
+            let publish = async {
+                self.js
+                    .publish_with_headers(order_subject(order.id), headers, messages::encode(order))
+                    .await?
+                    .await
+            };
+            // The first await may wait for an in-flight permit with no bound of its own.
+            match tokio::time::timeout(self.timeouts.publish, publish).await {
+                Ok(Ok(ack)) => Ok(ack),
+                Ok(Err(error)) => Err(SubmitError::Unavailable(publish_failure(error.kind()))),
+                Err(_) => Err(SubmitError::Unavailable("publish timed out")),
+            }
+        }
+        .instrument(publish_span)
+        .await?;
+
+        let deadline = Instant::now() + self.timeouts.reply;
+        if ack.duplicate {
+            // The stream kept the first submission of this key; its confirmation went (or goes)
+            // to whoever sent it. Learn the outcome from the order's real state instead.
+            drop(waiter);
+            return Ok(self.poll_until_accepted(order.id, deadline).await);
+        }
+        let reply = tokio::time::timeout_at(deadline, waiter.recv())
+            .instrument(tracing::info_span!("orders await confirmation", order_id = %order.id))
+            .await;
+        let Ok(Some(message)) = reply else {
+            return Ok(Submitted::Pending);
+        };
+        match messages::decode::<Confirmation>(&message.payload) {
+            Ok(Confirmation {
+                outcome: Outcome::Accepted,
+                ..
+            }) => Ok(Submitted::Accepted),
+            Ok(Confirmation {
+                outcome: Outcome::Rejected { reason },
+                ..
+            }) => Err(SubmitError::Rejected { reason }),
+            Err(error) => {
+                // Durable but unreadable answer: do not claim a commit we cannot read.
+                tracing::warn!(%error, order_id = %order.id, "malformed confirmation");
+                Ok(Submitted::Pending)
+            }
+        }
+    }
+
+    async fn poll_until_accepted(&self, id: Uuid, deadline: Instant) -> Submitted {
+        let mut pause = FIRST_POLL;
+        loop {
+            let asked = tokio::time::timeout_at(deadline, self.status(id)).await;
+            match asked {
+                Ok(Ok(StatusReply {
+                    state: OrderState::Accepted,
+                    ..
+                })) => return Submitted::Accepted,
+                Ok(_) => {}
+                Err(_) => return Submitted::Pending,
+            }
+            if Instant::now() + pause >= deadline {
+                return Submitted::Pending;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Asks the workers for the state of order `id`.
+    pub async fn status(&self, id: Uuid) -> Result<StatusReply, StatusError> {
+        let mut waiter = self.inbox.register();
+        self.client
+            .publish_with_reply(
+                STATUS_SUBJECT,
+                waiter.subject().to_owned(),
+                messages::encode(&StatusRequest { id }),
+            )
+            .await?;
+        match tokio::time::timeout(self.timeouts.status, waiter.recv()).await {
+            Ok(Some(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => {
+                Err(StatusError::NoWorker)
+            }
+            Ok(Some(message)) => Ok(messages::decode(&message.payload)?),
+            Ok(None) | Err(_) => Err(StatusError::TimedOut),
+        }
+    }
+
+    /// The workers' answer, or, when no worker answers, whether the order still waits in the
+    /// stream (the front may read the queue, never the database).
+    pub async fn status_or_queued(&self, id: Uuid) -> Result<StatusReply, StatusError> {
+        let error = match self.status(id).await {
+            Ok(reply) => return Ok(reply),
+            Err(error @ (StatusError::NoWorker | StatusError::TimedOut)) => error,
+            Err(other) => return Err(other),
+        };
+        match self
+            .stream
+            .direct_get_last_for_subject(order_subject(id))
+            .await
+        {
+            Ok(message) => Ok(StatusReply {
+                id,
+                state: OrderState::Pending,
+                phone_masked: messages::decode::<NewOrder>(&message.payload)
+                    .ok()
+                    .map(|order| order.phone.masked()),
+            }),
+            // Not queued, and nobody to ask whether it was committed: cannot tell.
+            Err(_) => Err(error),
+        }
+    }
+}
+
+/// A label for each way a publish can fail, for logs (every kind maps to 503 alike).
+fn publish_failure(kind: PublishErrorKind) -> &'static str {
+    match kind {
+        PublishErrorKind::StreamNotFound => "stream not found",
+        PublishErrorKind::TimedOut => "no PubAck in time",
+        PublishErrorKind::BrokenPipe => "connection broken",
+        PublishErrorKind::MaxAckPending => "too many publishes in flight",
+        PublishErrorKind::MaxPayloadExceeded => "order larger than max_payload",
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+            "expectation failed"
+        }
+        // The server refused: with `discard: new`, a full stream ends here.
+        PublishErrorKind::Other => "refused by the server (stream full?)",
+    }
+}

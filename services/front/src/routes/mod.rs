@@ -1,0 +1,99 @@
+//! The front's routes: one function picks the handler by method and path; every response
+//! leaves with the security headers.
+
+mod health;
+mod home;
+mod orders;
+mod static_files;
+
+use std::sync::Arc;
+
+use finalprice_shared::config::HttpConfig;
+use finalprice_shared::domain::Country;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+
+use crate::http::{self as resp, Body};
+use crate::queue::OrderQueue;
+
+/// What every request handler may use; shared by all connections.
+#[derive(Debug)]
+pub struct AppState {
+    pub queue: OrderQueue,
+    pub http: HttpConfig,
+    pub country: Country,
+    /// Requests being handled; a request finding none left gets a 503 at once.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// `Retry-After` for 503s, in whole seconds.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.http.retry_after.as_secs().max(1)
+    }
+}
+
+/// Routes one request. Infallible: every failure is a response.
+pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
+    let mut response = route(&state, request).await;
+    resp::add_security_headers(response.headers_mut());
+    response
+}
+
+async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let read = method == Method::GET || method == Method::HEAD;
+
+    // Probes stay answerable when the front is saturated.
+    match (read, path.as_str()) {
+        (true, "/healthz") => return health::alive(),
+        (true, "/readyz") => return health::ready(state).await,
+        _ => {}
+    }
+    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        return busy(state, &request);
+    };
+
+    match (read, method == Method::POST, path.as_str()) {
+        (true, _, "/") => home::form(),
+        (_, true, "/orders") => orders::create(state, request).await,
+        (true, _, path) if path.starts_with("/orders/") => {
+            orders::show(state, &path["/orders/".len()..], request.headers()).await
+        }
+        (true, _, path) if path.starts_with("/static/") => {
+            static_files::serve(&path["/static/".len()..])
+        }
+        (_, _, "/" | "/healthz" | "/readyz") => not_allowed("GET, HEAD"),
+        (_, _, "/orders") => not_allowed("POST"),
+        (_, _, path) if path.starts_with("/orders/") || path.starts_with("/static/") => {
+            not_allowed("GET, HEAD")
+        }
+        _ => resp::text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn busy(state: &AppState, request: &Request<Incoming>) -> Response<Body> {
+    let response = if resp::wants_json(request.headers()) {
+        resp::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": "busy" }),
+        )
+    } else {
+        resp::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Слишком много заказов одновременно. Попробуйте через несколько секунд.\n",
+        )
+    };
+    resp::retry_after(response, state.retry_after_secs())
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = resp::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}

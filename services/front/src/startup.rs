@@ -1,0 +1,154 @@
+//! The front's lifecycle: connect and bind in [`Application::build`], serve in
+//! [`Application::run_until_stopped`] until the shutdown token fires, then stop accepting and
+//! let the requests in flight finish (bounded by `http.shutdown_grace`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use finalprice_shared::config::{Config, NatsConfig};
+use finalprice_shared::nats;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::inbox::Inbox;
+use crate::queue::{OrderQueue, Timeouts};
+use crate::routes::{self, AppState};
+
+/// A front, connected to NATS and bound to its port, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Connects to NATS (in the background if it is down: the front then answers 503), makes
+    /// sure the order stream exists, starts the reply inbox, and binds the listen address last,
+    /// so a socket sharing the port (SO_REUSEPORT) never receives connections it cannot serve.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let client = nats::connect(&config.nats, "finalprice-front").await?;
+        let js = nats::jetstream(client.clone(), &config.nats);
+        let stream_name = nats::orders_stream_config(&config.nats)?.name;
+        if let Err(error) = nats::ensure_orders_stream(&js, &config.nats).await {
+            tracing::warn!(error = %error, "order stream not ready yet; retrying in the background");
+            tokio::spawn(ensure_stream_later(js.clone(), config.nats.clone()));
+        }
+        let inbox = Inbox::start(&client)
+            .await
+            .context("cannot subscribe the reply inbox")?;
+        let timeouts = Timeouts {
+            publish: config.nats.request_timeout,
+            reply: config.http.reply_timeout,
+            status: config.http.status_timeout,
+        };
+        let queue = OrderQueue::new(client, js, stream_name, inbox, timeouts)
+            .await
+            .context("invalid stream name in nats/stream-orders.json")?;
+        let state = Arc::new(AppState {
+            queue,
+            http: config.http.clone(),
+            country: config.default_country(),
+            in_flight: Arc::new(Semaphore::new(config.http.max_in_flight)),
+        });
+        let listener = bind(config.http.addr)
+            .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (port 0 in the configuration becomes a real port here).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires; then closes the listener at once and waits for the
+    /// connections in flight to finish their current request.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        let graceful = GracefulShutdown::new();
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.http.header_read_timeout)
+            .keep_alive(true);
+        tracing::info!(addr = %listener.local_addr()?, "front listening");
+        loop {
+            let (socket, _) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let state = Arc::clone(&state);
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(routes::handle(state, request).await) }
+            });
+            let connection =
+                graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+        }
+        // Close the socket first: with SO_REUSEPORT, new connections go to the other fronts.
+        drop(listener);
+        tracing::info!("stopping: finishing requests in flight");
+        if tokio::time::timeout(state.http.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace ran out with requests still open");
+        }
+        let client = state.queue.client().clone();
+        if let Err(error) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+            tracing::debug!(%error, "final flush timed out");
+        }
+        tracing::info!("front stopped");
+        Ok(())
+    }
+}
+
+/// A listener several processes can share (SO_REUSEPORT): fronts scale on one host and one port.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Keeps trying to create the stream until nats-server is reachable.
+async fn ensure_stream_later(js: jetstream::Context, config: NatsConfig) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match nats::ensure_orders_stream(&js, &config).await {
+            Ok(_) => {
+                tracing::info!("order stream ready");
+                return;
+            }
+            Err(error) => tracing::debug!(error = %error, "order stream still not ready"),
+        }
+    }
+}
