@@ -1,0 +1,190 @@
+//! `spawn_app`: a front and (optionally) a worker in this process, on a fresh nats-server and a
+//! fresh database; plus the requests and database reads the tests share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finalprice_db::entity::orders;
+use finalprice_front::Application as Front;
+use finalprice_shared::config::Config;
+use finalprice_testkit::{Backend, NatsServer, TestDb};
+use finalprice_worker::{Application as Worker, WorkerStats};
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A running front, its NATS and database, and optionally a worker.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    pub nats: NatsServer,
+    /// Lives as long as the app: the database is dropped with it.
+    _db: TestDb,
+    pub config: Config,
+    /// Follows no redirects, so tests see the 303 itself.
+    pub http: reqwest::Client,
+    rows: DatabaseConnection,
+    front: Service,
+    worker: Option<(Service, Arc<WorkerStats>)>,
+}
+
+struct Service {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A front and a worker on `backend`.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let mut app = spawn_app_without_worker(backend).await;
+    app.start_worker().await;
+    app
+}
+
+/// A front alone: orders are durable in the stream but nobody commits them.
+pub async fn spawn_app_without_worker(backend: Backend) -> TestApp {
+    finalprice_shared::telemetry::init_for_tests();
+    let nats = NatsServer::start().expect("nats-server starts");
+    let db = TestDb::new(backend).await.expect("test database");
+    let config = finalprice_testkit::config(&nats, &db);
+    let front = Front::build(&config).await.expect("front builds");
+    let address = format!("http://{}", front.local_addr().expect("bound"));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(front.run_until_stopped(stop.clone()));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client");
+    let rows = db.connect().await.expect("database for assertions");
+    TestApp {
+        address,
+        nats,
+        _db: db,
+        config,
+        http,
+        rows,
+        front: Service { stop, task },
+        worker: None,
+    }
+}
+
+impl TestApp {
+    /// Starts a worker on this app's NATS and database.
+    pub async fn start_worker(&mut self) {
+        let worker = Worker::build(&self.config).await.expect("worker builds");
+        let stats = worker.stats();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run_until_stopped(stop.clone()));
+        self.worker = Some((Service { stop, task }, stats));
+    }
+
+    /// The running worker's counters.
+    pub fn worker_stats(&self) -> &WorkerStats {
+        &self.worker.as_ref().expect("a worker runs").1
+    }
+
+    /// Stops front and worker gracefully (as on SIGTERM).
+    pub async fn stop(mut self) {
+        if let Some((worker, _)) = self.worker.take() {
+            worker.stop().await;
+        }
+        self.front.stop().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A browser's form POST.
+    pub async fn post_form(&self, body: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/orders"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST /orders answered")
+    }
+
+    /// An API client's JSON POST.
+    pub async fn post_json(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/orders"))
+            .header("accept", "application/json")
+            .json(body)
+            .send()
+            .await
+            .expect("POST /orders answered")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET answered")
+    }
+
+    /// The committed row of order `id`, read straight from the database.
+    pub async fn row(&self, id: Uuid) -> Option<orders::Model> {
+        orders::Entity::find_by_id(id)
+            .one(&self.rows)
+            .await
+            .expect("database read")
+    }
+
+    pub async fn row_count(&self) -> u64 {
+        orders::Entity::find()
+            .count(&self.rows)
+            .await
+            .expect("database read")
+    }
+
+    /// Messages waiting in the ORDERS stream.
+    pub async fn queued(&self) -> u64 {
+        let client = async_nats::connect(self.nats.url()).await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("ORDERS").await.expect("stream exists");
+        stream.info().await.expect("stream info").state.messages
+    }
+}
+
+/// The order id from a 303's `Location: /orders/{id}`.
+pub fn order_id_from_location(response: &reqwest::Response) -> Uuid {
+    let location = response
+        .headers()
+        .get("location")
+        .expect("a Location header")
+        .to_str()
+        .expect("ASCII location");
+    let id = location
+        .strip_prefix("/orders/")
+        .unwrap_or_else(|| panic!("Location {location} is not an order page"));
+    Uuid::parse_str(id).expect("the Location names a UUID")
+}
+
+/// Polls `check` until it holds or `within` passes; for effects that are asynchronous by design.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,326 @@
+//! The order path end to end: form → front → JetStream → worker → database → confirmation.
+
+use std::time::Duration;
+
+use finalprice_testkit::Backend;
+use futures_util::future::join_all;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, order_id_from_location, spawn_app, spawn_app_without_worker};
+
+const VALID_FORM: &str = "name=%D0%90%D0%BD%D0%BD%D0%B0+%D0%9F%D0%B5%D1%82%D1%80%D0%BE%D0%B2%D0%B0&phone=8+%28999%29+123-45-67";
+
+async fn a_confirmed_order_is_a_row_when_the_answer_arrives(backend: Backend) {
+    let app = spawn_app(backend).await;
+
+    let response = app.post_form(VALID_FORM).await;
+
+    assert_eq!(
+        response.status(),
+        303,
+        "{backend:?}: a committed order redirects"
+    );
+    let id = order_id_from_location(&response);
+    // The very moment the answer is in: the row must already be committed.
+    let row = app
+        .row(id)
+        .await
+        .unwrap_or_else(|| panic!("{backend:?}: no row for {id}"));
+    assert_eq!(row.name, "Анна Петрова", "stored normalised");
+    assert_eq!(row.phone, "+79991234567", "stored as E.164");
+
+    let page = app.get(&format!("/orders/{id}")).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("page");
+    assert!(html.contains("Ваш заказ принят"), "{html}");
+    assert!(
+        !html.contains("9991234567"),
+        "the full phone is never shown: {html}"
+    );
+    assert!(html.contains("+7********67"), "the masked phone is: {html}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_confirmed_order_is_a_row_when_the_answer_arrives_postgres() {
+    a_confirmed_order_is_a_row_when_the_answer_arrives(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_confirmed_order_is_a_row_when_the_answer_arrives_sqlite() {
+    a_confirmed_order_is_a_row_when_the_answer_arrives(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_json_client_gets_201_with_the_committed_id() {
+    let app = spawn_app(Backend::Postgres).await;
+
+    let response = app
+        .post_json(&json!({ "name": "Jean-Luc Picard", "phone": "+33 1 23 45 67 89" }))
+        .await;
+
+    assert_eq!(response.status(), 201);
+    let body: serde_json::Value = response.json().await.expect("JSON body");
+    assert_eq!(body["status"], "accepted");
+    let id = Uuid::parse_str(body["id"].as_str().expect("an id")).expect("a UUID");
+    assert!(app.row(id).await.is_some(), "201 means committed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_input_gets_422_with_each_field_named_and_nothing_is_published() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let cases = [
+        ("name=&phone=89991234567", "name", "empty name"),
+        ("name=Anna&phone=12345", "phone", "short phone"),
+        (
+            "name=%3Cscript%3E&phone=89991234567",
+            "name",
+            "markup in the name",
+        ),
+        (
+            "name=Anna&phone=%2B7+999+abc",
+            "phone",
+            "letters in the phone",
+        ),
+        ("phone=89991234567", "name", "name missing"),
+    ];
+    for (body, field, case) in cases {
+        let response = app.post_form(body).await;
+        assert_eq!(response.status(), 422, "{case}");
+        let html = response.text().await.expect("page");
+        assert!(
+            html.contains(&format!("id=\"{field}-error\"")),
+            "{case}: the {field} error is shown on its field: {html}"
+        );
+        assert!(html.contains("aria-invalid=\"true\""), "{case}");
+    }
+
+    let json = app.post_json(&json!({ "name": "", "phone": "abc" })).await;
+    assert_eq!(json.status(), 422);
+    let body: serde_json::Value = json.json().await.expect("JSON body");
+    assert!(body["errors"]["name"].is_string(), "{body}");
+    assert!(body["errors"]["phone"].is_string(), "{body}");
+
+    assert_eq!(app.queued().await, 0, "nothing invalid reaches the stream");
+    assert_eq!(app.row_count().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_form_comes_back_with_the_shoppers_input_and_escaped() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let key = Uuid::now_v7();
+
+    let response = app
+        .post_form(&format!("name=%22%3E%3Cb%3Ex&phone=8+999+123&key={key}"))
+        .await;
+
+    assert_eq!(response.status(), 422);
+    let html = response.text().await.expect("page");
+    assert!(html.contains("value=\"8 999 123\""), "phone kept: {html}");
+    assert!(
+        html.contains(&format!("value=\"{key}\"")),
+        "same key, so a resubmit is one order"
+    );
+    assert!(
+        !html.contains("\"><b>x"),
+        "hostile input is escaped: {html}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_worker_the_shopper_sees_being_saved_until_a_worker_commits() {
+    let mut app = spawn_app_without_worker(Backend::Postgres).await;
+
+    let response = app.post_form(VALID_FORM).await;
+
+    assert_eq!(
+        response.status(),
+        303,
+        "durable in the stream, not yet confirmed"
+    );
+    let id = order_id_from_location(&response);
+    assert!(app.row(id).await.is_none());
+    let page = app.get(&format!("/orders/{id}")).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("page");
+    assert!(html.contains("Заказ сохраняется"), "{html}");
+    assert!(
+        html.contains("http-equiv=\"refresh\""),
+        "the page refreshes itself: {html}"
+    );
+    assert!(
+        !html.contains("Ваш заказ принят"),
+        "never accepted before the commit"
+    );
+
+    let json = app
+        .post_json(&json!({ "name": "Anna", "phone": "89991234568" }))
+        .await;
+    assert_eq!(json.status(), 202);
+    assert_eq!(
+        json.json::<serde_json::Value>().await.expect("JSON")["status"],
+        "pending"
+    );
+
+    app.start_worker().await;
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.row(id).await.is_some()
+        })
+        .await,
+        "the worker commits what waited in the stream"
+    );
+    let html = app
+        .get(&format!("/orders/{id}"))
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(html.contains("Ваш заказ принят"), "{html}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_nats_down_the_front_answers_503_with_retry_after_and_keeps_the_input() {
+    let mut app = spawn_app(Backend::Sqlite).await;
+    app.nats.kill();
+
+    let started = std::time::Instant::now();
+    let response = app.post_form(VALID_FORM).await;
+    let waited = started.elapsed();
+
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let html = response.text().await.expect("page");
+    assert!(
+        html.contains("value=\"8 (999) 123-45-67\""),
+        "input kept: {html}"
+    );
+    // Bounded by the configured NATS request timeout, never a hang (the client gives up at 20s).
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered after {waited:?}"
+    );
+
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503, "not ready without NATS");
+    assert_eq!(app.get("/healthz").await.status(), 200, "still alive");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn many_orders_in_flight_are_committed_in_fewer_transactions() {
+    let app = spawn_app(Backend::Postgres).await;
+    let orders = 200;
+
+    let responses = join_all((0..orders).map(|i| {
+        let body = json!({ "name": "Anna", "phone": format!("+7999{:07}", i) });
+        let app = &app;
+        async move { app.post_json(&body).await.status() }
+    }))
+    .await;
+
+    assert!(
+        responses.iter().all(|status| *status == 201),
+        "{responses:?}"
+    );
+    assert_eq!(app.row_count().await, orders);
+    let stats = app.worker_stats().snapshot();
+    assert_eq!(stats.orders_inserted, orders);
+    assert!(
+        stats.batches_committed < orders,
+        "{orders} orders took {} transactions: no batching",
+        stats.batches_committed
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn resubmitting_the_same_key_names_the_same_order_and_stores_it_once() {
+    let app = spawn_app(Backend::Postgres).await;
+    let key = Uuid::now_v7();
+    let body = format!("{VALID_FORM}&key={key}");
+
+    let first = app.post_form(&body).await;
+    let second = app.post_form(&body).await;
+
+    assert_eq!(first.status(), 303);
+    assert_eq!(second.status(), 303);
+    assert_eq!(order_id_from_location(&first), key);
+    assert_eq!(order_id_from_location(&second), key);
+    let html = app
+        .get(&format!("/orders/{key}"))
+        .await
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        html.contains("Ваш заказ принят"),
+        "the duplicate learns the real state: {html}"
+    );
+    assert_eq!(app.row_count().await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_a_form_get_415_or_413() {
+    let app = spawn_app(Backend::Sqlite).await;
+
+    let text = app
+        .http
+        .post(app.url("/orders"))
+        .header("content-type", "text/plain")
+        .body("name=Anna")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(text.status(), 415);
+
+    let huge = format!("name={}&phone=89991234567", "a".repeat(64 * 1024));
+    assert_eq!(app.post_form(&huge).await.status(), 413);
+
+    let broken = app.post_form("name=%FF%FE&phone=89991234567").await;
+    assert!(
+        broken.status() == 400 || broken.status() == 422,
+        "invalid UTF-8 is the client's mistake: {}",
+        broken.status()
+    );
+    assert_eq!(app.queued().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_order_is_404() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let unknown = app.get(&format!("/orders/{}", Uuid::now_v7())).await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(app.get("/orders/not-a-uuid").await.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_form_carries_a_fresh_key_each_time() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let first = app.get("/").await.text().await.expect("page");
+    let second = app.get("/").await.text().await.expect("page");
+    for field in [
+        "name=\"name\"",
+        "name=\"phone\"",
+        "name=\"key\"",
+        "type=\"tel\"",
+    ] {
+        assert!(first.contains(field), "{field} missing: {first}");
+    }
+    let key = |html: &str| {
+        let start = html.find("name=\"key\" value=\"").expect("key field") + 18;
+        html[start..start + 36].to_owned()
+    };
+    assert_ne!(key(&first), key(&second));
+    assert!(Uuid::parse_str(&key(&first)).is_ok());
+    app.stop().await;
+}

