@@ -30,16 +30,21 @@ pub struct TestDb {
 impl TestDb {
     /// A new database on `backend`, migrated.
     pub async fn new(backend: Backend) -> anyhow::Result<Self> {
-        let db = match backend {
-            Backend::Postgres => Self::postgres().await?,
-            Backend::Sqlite => Self::sqlite()?,
-        };
+        let db = Self::empty(backend).await?;
         let connection = db.connect().await?;
         Migrator::up(&connection, None)
             .await
             .context("migrating the test database")?;
         connection.close().await?;
         Ok(db)
+    }
+
+    /// A new database on `backend` without any table, for testing migrations.
+    pub async fn empty(backend: Backend) -> anyhow::Result<Self> {
+        match backend {
+            Backend::Postgres => Self::postgres().await,
+            Backend::Sqlite => Self::sqlite(),
+        }
     }
 
     async fn postgres() -> anyhow::Result<Self> {

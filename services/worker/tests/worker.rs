@@ -1,0 +1,208 @@
+//! The worker against real databases and a real nats-server: the batch commit, the status
+//! lookup, rejection of an order that can never be written, and the `migrate` command.
+
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chrono::Utc;
+use finalprice_shared::domain::{Country, CustomerName, PhoneNumber};
+use finalprice_shared::messages::{
+    self, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, order_subject,
+};
+use finalprice_shared::nats;
+use finalprice_testkit::{Backend, NatsServer, TestDb};
+use finalprice_worker::Application;
+use finalprice_worker::process::commit_orders;
+use finalprice_worker::status::lookup;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn order(phone: &str) -> NewOrder {
+    NewOrder {
+        id: Uuid::now_v7(),
+        name: CustomerName::parse("Анна").expect("valid"),
+        phone: PhoneNumber::parse(phone, Country::Russia).expect("valid"),
+        created_at: Utc::now(),
+    }
+}
+
+async fn a_batch_commits_once_and_reports_what_was_new(backend: Backend) {
+    let db = TestDb::new(backend).await.expect("database");
+    let connection = db.connect().await.expect("connect");
+    let batch: Vec<NewOrder> = (0..50).map(|i| order(&format!("+7999{i:07}"))).collect();
+
+    let first = commit_orders(&connection, &batch).await.expect("commit");
+    assert_eq!(first.len(), 50, "{backend:?}: every order is new");
+
+    // A redelivery of part of the batch, plus one order met twice in the same batch.
+    let fresh = order("89990000001");
+    let mut again = batch[..10].to_vec();
+    again.push(fresh.clone());
+    again.push(fresh.clone());
+    let second = commit_orders(&connection, &again).await.expect("commit");
+    assert_eq!(second.len(), 1, "{backend:?}: only the fresh order is new");
+    assert!(second.contains(&fresh.id));
+
+    let stored = count_orders(&connection).await;
+    assert_eq!(stored, 51, "{backend:?}: one row per order");
+}
+
+#[tokio::test]
+async fn a_batch_commits_once_and_reports_what_was_new_postgres() {
+    a_batch_commits_once_and_reports_what_was_new(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_batch_commits_once_and_reports_what_was_new_sqlite() {
+    a_batch_commits_once_and_reports_what_was_new(Backend::Sqlite).await;
+}
+
+async fn count_orders(db: &sea_orm::DatabaseConnection) -> u64 {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    finalprice_db::entity::orders::Entity::find()
+        .count(db)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn status_is_accepted_pending_or_unknown() {
+    let server = NatsServer::start().expect("nats-server");
+    let db = TestDb::new(Backend::Postgres).await.expect("database");
+    let config = finalprice_testkit::config(&server, &db);
+    let client = nats::connect(&config.nats, "test").await.expect("nats");
+    let js = nats::jetstream(client, &config.nats);
+    let stream = nats::ensure_orders_stream(&js, &config.nats)
+        .await
+        .expect("stream");
+    let connection = db.connect().await.expect("connect");
+
+    let committed = order("89991234567");
+    commit_orders(&connection, std::slice::from_ref(&committed))
+        .await
+        .expect("commit");
+    let queued = order("89991234568");
+    js.publish(order_subject(queued.id), messages::encode(&queued))
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+
+    let accepted = lookup(&connection, &stream, committed.id)
+        .await
+        .expect("lookup");
+    assert_eq!(accepted.state, OrderState::Accepted);
+    assert_eq!(accepted.phone_masked.as_deref(), Some("+7********67"));
+    let pending = lookup(&connection, &stream, queued.id)
+        .await
+        .expect("lookup");
+    assert_eq!(pending.state, OrderState::Pending);
+    let unknown = lookup(&connection, &stream, Uuid::now_v7())
+        .await
+        .expect("lookup");
+    assert_eq!(unknown.state, OrderState::Unknown);
+}
+
+#[tokio::test]
+async fn an_order_that_can_never_be_written_is_rejected_and_leaves_the_queue() {
+    let server = NatsServer::start().expect("nats-server");
+    let db = TestDb::new(Backend::Sqlite).await.expect("database");
+    let config = finalprice_testkit::config(&server, &db);
+    let worker = Application::build(&config).await.expect("worker");
+    let stats = worker.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
+
+    let client = nats::connect(&config.nats, "test").await.expect("nats");
+    let js = nats::jetstream(client.clone(), &config.nats);
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    let id = Uuid::now_v7();
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string().as_str());
+    headers.insert(REPLY_TO_HEADER, inbox.as_str());
+    // A name the front would refuse: the worker must not trust the queue.
+    let payload = format!(
+        r#"{{"id":"{id}","name":"<script>","phone":"+79991234567","created_at":"2026-11-27T00:00:00Z"}}"#
+    );
+    js.publish_with_headers(order_subject(id), headers, payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+
+    let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .expect("a reply in time")
+        .expect("a reply");
+    let confirmation: Confirmation = messages::decode(&reply.payload).expect("confirmation");
+    assert_eq!(confirmation.id, id);
+    assert!(
+        matches!(confirmation.outcome, Outcome::Rejected { .. }),
+        "{confirmation:?}"
+    );
+    assert_eq!(stats.snapshot().orders_rejected, 1);
+    assert_eq!(stats.snapshot().orders_inserted, 0);
+
+    stop.cancel();
+    running
+        .await
+        .expect("joined")
+        .expect("worker stops cleanly");
+    let mut stream = js.get_stream("ORDERS").await.expect("stream");
+    assert_eq!(
+        stream.info().await.expect("info").state.messages,
+        0,
+        "terminated, not retried"
+    );
+}
+
+fn worker_binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_finalprice-worker"));
+    // Only what the test sets: no FINALPRICE_* of the caller's shell.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("FINALPRICE_") || name == "DATABASE_URL" || name == "NATS_URL" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_on_both_backends_and_may_run_again() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let db = TestDb::empty(backend).await.expect("database");
+        for run in 1..=2 {
+            let output = worker_binary()
+                .arg("migrate")
+                .env("DATABASE_URL", db.url())
+                .output()
+                .expect("finalprice-worker runs");
+            assert!(
+                output.status.success(),
+                "{backend:?} run {run}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let connection = db.connect().await.expect("connect");
+        assert_eq!(
+            count_orders(&connection).await,
+            0,
+            "{backend:?}: the orders table exists"
+        );
+    }
+}
+
+#[test]
+fn a_bad_setting_stops_the_worker_with_its_name() {
+    let output = worker_binary()
+        .arg("migrate")
+        .env("FINALPRICE_WORKER__BATCH_SIZE", "0")
+        .output()
+        .expect("finalprice-worker runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("worker.batch_size"), "{stderr}");
+}
