@@ -23,6 +23,14 @@ test:
 migrate: build
     target/debug/finalprice-worker migrate
 
+# List the dead letters: orders that can never be written, with id and reason (no personal data)
+dlq: build
+    target/debug/finalprice-worker dlq-list
+
+# Put dead letters back into the queue once the cause is fixed: `just dlq-replay --all` or sequence numbers
+dlq-replay +selection: build
+    target/debug/finalprice-worker dlq-replay {{selection}}
+
 # Build both services (the test profile: one set of artifacts for `up` and `test`)
 build:
     cargo build --workspace --bins

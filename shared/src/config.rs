@@ -64,6 +64,9 @@ pub struct NatsConfig {
     pub stream_max_bytes: i64,
     /// 0 keeps the value of `nats/stream-orders.json`.
     pub stream_replicas: usize,
+    /// Zero keeps the value of `nats/consumer-workers.json`.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
 }
 
 /// The worker's database.
@@ -121,6 +124,8 @@ pub struct WorkerConfig {
     pub retry_delay: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
+    /// The delivery on which an order the database refuses is dead-lettered.
+    pub dead_letter_after: i64,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }
@@ -246,6 +251,9 @@ impl Config {
                 "worker.batch_size",
                 format!("must be between 1 and {MAX_BATCH_SIZE}"),
             ));
+        }
+        if self.worker.dead_letter_after < 1 {
+            return Err(invalid("worker.dead_letter_after", "must be at least 1"));
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));

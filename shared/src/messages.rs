@@ -16,6 +16,15 @@ use crate::domain::{CustomerName, PhoneNumber};
 /// for acks, so the worker cannot answer there.
 pub const REPLY_TO_HEADER: &str = "FinalPrice-Reply-To";
 
+/// Why an order was dead-lettered (operators' words: no personal data).
+pub const DEAD_LETTER_REASON_HEADER: &str = "FinalPrice-Dead-Letter-Reason";
+/// On which delivery it was dead-lettered.
+pub const DEAD_LETTER_DELIVERIES_HEADER: &str = "FinalPrice-Dead-Letter-Deliveries";
+/// The order's id, when the dead letter had one (its `Nats-Msg-Id` in the `ORDERS` stream).
+pub const DEAD_LETTER_ORDER_ID_HEADER: &str = "FinalPrice-Order-Id";
+/// Its sequence in the `ORDERS` stream, which also makes the dead-letter publish idempotent.
+pub const DEAD_LETTER_SEQUENCE_HEADER: &str = "FinalPrice-Dead-Letter-Sequence";
+
 /// Workers answer order-status requests here, as one queue group.
 pub const STATUS_SUBJECT: &str = "finalprice.status";
 
@@ -25,6 +34,12 @@ pub const STATUS_QUEUE_GROUP: &str = "finalprice-workers";
 /// One subject per order, so that "is it still queued?" is a direct get by subject.
 pub fn order_subject(id: Uuid) -> String {
     format!("orders.{id}")
+}
+
+/// Where an order that can never be written is kept: `dlq.orders.<stream sequence>`, so every
+/// dead letter has its own subject even when its payload has no readable id.
+pub fn dead_letter_subject(stream_sequence: u64) -> String {
+    format!("dlq.orders.{stream_sequence}")
 }
 
 /// An order as the front hands it to the queue. The domain types re-validate on

@@ -12,6 +12,8 @@ use crate::config::NatsConfig;
 pub const ORDERS_STREAM_JSON: &str = include_str!("../../nats/stream-orders.json");
 /// `nats/consumer-workers.json`: the pull consumer all workers share.
 pub const WORKERS_CONSUMER_JSON: &str = include_str!("../../nats/consumer-workers.json");
+/// `nats/stream-orders-dlq.json`: orders that can never be written.
+pub const DEAD_LETTER_STREAM_JSON: &str = include_str!("../../nats/stream-orders-dlq.json");
 
 /// Why the NATS side could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +64,31 @@ pub fn orders_stream_config(config: &NatsConfig) -> Result<stream::Config, Setup
     Ok(stream)
 }
 
-/// The `workers` consumer as `nats/consumer-workers.json` defines it.
-pub fn workers_consumer_config() -> Result<consumer::pull::Config, SetupError> {
-    serde_json::from_str(WORKERS_CONSUMER_JSON).map_err(|source| SetupError::Definition {
-        file: "nats/consumer-workers.json",
-        source,
-    })
+/// The `workers` consumer as `nats/consumer-workers.json` defines it, with the configured
+/// overrides.
+pub fn workers_consumer_config(config: &NatsConfig) -> Result<consumer::pull::Config, SetupError> {
+    let mut consumer: consumer::pull::Config = serde_json::from_str(WORKERS_CONSUMER_JSON)
+        .map_err(|source| SetupError::Definition {
+            file: "nats/consumer-workers.json",
+            source,
+        })?;
+    if !config.ack_wait.is_zero() {
+        consumer.ack_wait = config.ack_wait;
+    }
+    Ok(consumer)
+}
+
+/// The dead-letter stream as `nats/stream-orders-dlq.json` defines it (replicas as configured).
+pub fn dead_letter_stream_config(config: &NatsConfig) -> Result<stream::Config, SetupError> {
+    let mut stream: stream::Config =
+        serde_json::from_str(DEAD_LETTER_STREAM_JSON).map_err(|source| SetupError::Definition {
+            file: "nats/stream-orders-dlq.json",
+            source,
+        })?;
+    if config.stream_replicas > 0 {
+        stream.num_replicas = config.stream_replicas;
+    }
+    Ok(stream)
 }
 
 /// Connects with the settings both services share. The connection is made in the background
@@ -118,7 +139,21 @@ pub async fn ensure_orders_stream(
     js: &jetstream::Context,
     config: &NatsConfig,
 ) -> Result<stream::Stream, SetupError> {
-    let definition = orders_stream_config(config)?;
+    ensure_stream(js, orders_stream_config(config)?).await
+}
+
+/// Makes the `ORDERS_DLQ` stream exist as defined.
+pub async fn ensure_dead_letter_stream(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+) -> Result<stream::Stream, SetupError> {
+    ensure_stream(js, dead_letter_stream_config(config)?).await
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    definition: stream::Config,
+) -> Result<stream::Stream, SetupError> {
     let name = definition.name.clone();
     js.create_or_update_stream(definition)
         .await
@@ -137,8 +172,9 @@ pub async fn ensure_orders_stream(
 /// Makes the shared `workers` consumer exist as defined, on an existing stream.
 pub async fn ensure_workers_consumer(
     stream: &stream::Stream,
+    config: &NatsConfig,
 ) -> Result<consumer::PullConsumer, SetupError> {
-    let definition = workers_consumer_config()?;
+    let definition = workers_consumer_config(config)?;
     let name = definition.durable_name.clone().unwrap_or_default();
     stream
         .create_consumer(definition)
@@ -173,10 +209,21 @@ mod tests {
         );
         assert_eq!(stream.subjects, vec!["orders.*".to_owned()]);
 
-        let consumer = workers_consumer_config().expect("consumer definition");
+        let consumer = workers_consumer_config(&config.nats).expect("consumer definition");
         assert_eq!(consumer.durable_name.as_deref(), Some("workers"));
         assert_eq!(consumer.ack_policy, consumer::AckPolicy::Explicit);
-        assert!(consumer.max_deliver > 1);
+        assert_eq!(
+            consumer.max_deliver, -1,
+            "the worker dead-letters, never the server"
+        );
+
+        let dlq = dead_letter_stream_config(&config.nats).expect("DLQ definition");
+        assert_eq!(dlq.name, "ORDERS_DLQ");
+        assert_eq!(dlq.retention, stream::RetentionPolicy::Limits);
+        assert!(
+            !dlq.subjects.iter().any(|s| s.starts_with("orders.")),
+            "the DLQ must not capture the order subjects"
+        );
     }
 
     #[test]
@@ -184,8 +231,11 @@ mod tests {
         let mut config = Config::from_figment(&Config::figment(None)).expect("defaults");
         config.nats.stream_max_messages = 10;
         config.nats.stream_replicas = 3;
+        config.nats.ack_wait = Duration::from_secs(2);
         let stream = orders_stream_config(&config.nats).expect("stream definition");
         assert_eq!(stream.max_messages, 10);
         assert_eq!(stream.num_replicas, 3);
+        let consumer = workers_consumer_config(&config.nats).expect("consumer definition");
+        assert_eq!(consumer.ack_wait, Duration::from_secs(2));
     }
 }

@@ -6,9 +6,13 @@
 //!   responder until the shutdown token fires, then drain.
 //! - [`process`]: one batch → committed rows → per-order outcome; no NATS in its signature
 //!   beyond the messages, so tests drive it directly.
+//! - [`dead_letters`]: list and replay the dead-letter stream (`just dlq`, `just dlq-replay`).
+//! - [`error`]: a failed commit → retry later, or suspect the orders.
 //! - [`status`]: answers "what became of order X?" for the fronts.
 //! - [`stats`]: counters the tests and (later) `/metrics` read.
 
+pub mod dead_letters;
+pub mod error;
 pub mod process;
 pub mod startup;
 pub mod stats;

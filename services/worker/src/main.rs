@@ -1,19 +1,21 @@
-//! `finalprice-worker`: runs a worker until SIGTERM or Ctrl-C; `finalprice-worker migrate`
-//! applies the database migrations and exits.
+//! `finalprice-worker`: runs a worker until SIGTERM or Ctrl-C; `migrate` applies the database
+//! migrations and exits; `dlq-list` and `dlq-replay` show and requeue dead letters.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use finalprice_shared::config::Config;
 use finalprice_shared::{shutdown, telemetry};
-use finalprice_worker::Application;
+use finalprice_worker::{Application, dead_letters};
 use sea_orm_migration::MigratorTrait as _;
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: finalprice-worker [migrate]";
+const USAGE: &str =
+    "usage: finalprice-worker [run | migrate | dlq-list | dlq-replay (--all | SEQUENCE…)]";
 
 fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::load() {
         Ok(config) => config,
         Err(error) => {
@@ -36,9 +38,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let guard = telemetry::init("finalprice-worker", &config.log)?;
-        let result = match command.as_deref() {
+        let result = match args.first().map(String::as_str) {
             None | Some("run") => run(&config).await,
             Some("migrate") => migrate(&config).await,
+            Some("dlq-list") => dlq_list(&config).await,
+            Some("dlq-replay") => dlq_replay(&config, &args[1..]).await,
             Some(other) => Err(anyhow::anyhow!("unknown command `{other}`; {USAGE}")),
         };
         if let Err(error) = &result {
@@ -69,5 +73,24 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         .await
         .context("migration failed")?;
     tracing::info!("database migrated");
+    Ok(())
+}
+
+async fn dlq_list(config: &Config) -> anyhow::Result<()> {
+    let (_, mut stream) = dead_letters::open(&config.nats).await?;
+    let letters = dead_letters::list(&mut stream).await?;
+    dead_letters::print(&letters, &mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+async fn dlq_replay(config: &Config, args: &[String]) -> anyhow::Result<()> {
+    let selection = dead_letters::parse_selection(args)?;
+    let (js, mut stream) = dead_letters::open(&config.nats).await?;
+    let replayed = dead_letters::replay(&js, &mut stream, &selection).await?;
+    writeln!(
+        std::io::stdout().lock(),
+        "replayed {} dead letter(s): {replayed:?}",
+        replayed.len()
+    )?;
     Ok(())
 }

@@ -1,6 +1,11 @@
 //! One batch of deliveries → one transaction → one outcome per order, then the confirmations
 //! and the acks, in that order: nothing is confirmed before its commit, nothing is acked before
 //! its confirmation is on the wire.
+//!
+//! A batch the database refuses is retried order by order, so one bad order cannot hold back
+//! the others; an order refused again and again, or one that does not even decode, goes to the
+//! dead-letter stream with its reason, its shopper (if still waiting) is told it was not saved,
+//! and only then is it removed from the queue.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,7 +14,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, HeaderMap};
 use finalprice_db::entity::orders;
-use finalprice_shared::messages::{self, Confirmation, NewOrder, Outcome, REPLY_TO_HEADER};
+use finalprice_shared::messages::{
+    self, Confirmation, DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_ORDER_ID_HEADER,
+    DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SEQUENCE_HEADER, NewOrder, Outcome, REPLY_TO_HEADER,
+};
 use finalprice_shared::telemetry;
 use opentelemetry::trace::TraceContextExt;
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, sea_query::OnConflict};
@@ -17,28 +25,37 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
+use crate::error::{CommitFailure, classify};
 use crate::stats::WorkerStats;
 
 /// What one batch needs besides its messages.
 #[derive(Debug, Clone)]
 pub struct BatchContext {
     pub client: Client,
+    /// Publishes dead letters (and waits for their PubAck).
+    pub js: jetstream::Context,
     pub db: DatabaseConnection,
     pub stats: Arc<WorkerStats>,
     pub retry_delay: Duration,
     pub retry_max_delay: Duration,
+    /// The delivery on which an order the database refuses is dead-lettered.
+    pub dead_letter_after: i64,
 }
 
 /// Why an order can never be written. Carries no personal data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
+    /// The payload is not a valid order: nothing the front sends, so a bug or a stray publish.
     #[error("malformed or invalid order: {0}")]
     Malformed(String),
+    /// The database refused this order's data on every try.
+    #[error("refused by the database: {0}")]
+    Refused(String),
 }
 
 /// A delivery whose payload decoded into a valid order.
 #[derive(Debug)]
-struct Accepted {
+struct Delivery {
     order: NewOrder,
     message: jetstream::Message,
 }
@@ -71,7 +88,7 @@ pub async fn commit_orders(
 }
 
 /// Handles one batch end to end. Never fails: every message leaves with a confirmation and an
-/// ack, a term, or a nak that brings it back later.
+/// ack, a dead letter and a term, or a nak that brings it back later.
 pub async fn handle_batch(context: &BatchContext, messages: Vec<jetstream::Message>) {
     let span = tracing::info_span!(
         "worker.batch",
@@ -93,92 +110,186 @@ pub async fn handle_batch(context: &BatchContext, messages: Vec<jetstream::Messa
 }
 
 async fn handle_batch_inner(context: &BatchContext, messages: Vec<jetstream::Message>) {
-    let mut accepted = Vec::with_capacity(messages.len());
+    let mut deliveries = Vec::with_capacity(messages.len());
     for message in messages {
         match messages::decode::<NewOrder>(&message.payload) {
-            Ok(order) => accepted.push(Accepted { order, message }),
+            Ok(order) => deliveries.push(Delivery { order, message }),
             Err(error) => {
-                reject(
+                dead_letter(
                     context,
                     &message,
                     RejectReason::Malformed(error.to_string()),
                 )
-                .await
+                .await;
             }
         }
     }
-    if accepted.is_empty() {
+    if deliveries.is_empty() {
         return;
     }
+    let error = match commit(context, &deliveries).await {
+        Ok(()) => return,
+        Err(error) => error,
+    };
+    context.stats.batch_failed();
+    match classify(&error) {
+        CommitFailure::Transient => {
+            tracing::warn!(%error, orders = deliveries.len(), "batch not committed; retrying later");
+            for delivery in &deliveries {
+                retry_later(context, &delivery.message).await;
+            }
+        }
+        CommitFailure::Permanent => {
+            tracing::warn!(%error, orders = deliveries.len(), "batch refused; committing its orders one by one");
+            for delivery in deliveries {
+                commit_alone(context, delivery).await;
+            }
+        }
+    }
+}
 
-    let orders: Vec<NewOrder> = accepted.iter().map(|a| a.order.clone()).collect();
-    let commit = commit_orders(&context.db, &orders)
+/// Commits the deliveries in one transaction, then confirms and acks each.
+async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), DbErr> {
+    let orders: Vec<NewOrder> = deliveries.iter().map(|d| d.order.clone()).collect();
+    let inserted = commit_orders(&context.db, &orders)
         .instrument(tracing::info_span!(
             "db.insert orders",
             otel.kind = "client",
+            db.system.name = context.db.get_database_backend().as_str(),
             db.operation.name = "INSERT",
             db.collection.name = "orders",
             db.operation.batch.size = orders.len(),
         ))
-        .await;
-    match commit {
-        Ok(inserted) => {
-            let fresh = inserted.len() as u64;
-            context
-                .stats
-                .batch_committed(fresh, accepted.len() as u64 - fresh);
-            tracing::debug!(orders = accepted.len(), inserted = fresh, "batch committed");
-            for Accepted { order, message } in &accepted {
-                let confirmation = Confirmation {
-                    id: order.id,
-                    outcome: Outcome::Accepted,
-                };
-                reply(context, message, &confirmation).await;
-            }
-            for Accepted { message, .. } in &accepted {
-                if let Err(error) = message.ack().await {
-                    // The row is committed; a redelivery will find it and confirm again.
-                    tracing::warn!(%error, "ack failed; the order will be redelivered");
-                }
-            }
+        .await?;
+    let fresh = inserted.len() as u64;
+    context
+        .stats
+        .batch_committed(fresh, deliveries.len() as u64 - fresh);
+    tracing::debug!(
+        orders = deliveries.len(),
+        inserted = fresh,
+        "batch committed"
+    );
+    for delivery in deliveries {
+        let confirmation = Confirmation {
+            id: delivery.order.id,
+            outcome: Outcome::Accepted,
+        };
+        reply(context, &delivery.message, &confirmation).await;
+    }
+    for delivery in deliveries {
+        if let Err(error) = delivery.message.ack().await {
+            // The row is committed; a redelivery will find it and confirm again.
+            tracing::warn!(%error, "ack failed; the order will be redelivered");
         }
-        Err(error) => {
-            context.stats.batch_failed();
-            tracing::warn!(error = %error, orders = accepted.len(), "batch not committed; handing it back for a retry");
-            for Accepted { message, .. } in &accepted {
-                let delay = retry_delay(context, message);
-                if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                    tracing::warn!(%error, "nak failed; the order returns after ack_wait");
-                }
-            }
+    }
+    Ok(())
+}
+
+/// One order of a refused batch, on its own: committed, retried later, or dead-lettered.
+async fn commit_alone(context: &BatchContext, delivery: Delivery) {
+    let Err(error) = commit(context, std::slice::from_ref(&delivery)).await else {
+        return;
+    };
+    let delivered = deliveries(&delivery.message);
+    match classify(&error) {
+        CommitFailure::Permanent if delivered >= context.dead_letter_after => {
+            dead_letter(
+                context,
+                &delivery.message,
+                RejectReason::Refused(error.to_string()),
+            )
+            .await;
+        }
+        _ => {
+            tracing::warn!(%error, order_id = %delivery.order.id, delivered, "order not committed; retrying later");
+            retry_later(context, &delivery.message).await;
         }
     }
 }
 
-/// The redelivery delay: `retry_delay` doubled per earlier delivery, at most `retry_max_delay`.
-fn retry_delay(context: &BatchContext, message: &jetstream::Message) -> Duration {
-    let delivered = message
+/// How many times this message has been delivered, this time included.
+fn deliveries(message: &jetstream::Message) -> i64 {
+    message
         .info()
         .map(|info| info.delivered)
         .unwrap_or(1)
-        .max(1);
-    let doublings = u32::try_from(delivered - 1).unwrap_or(u32::MAX).min(16);
-    context
-        .retry_delay
-        .saturating_mul(1 << doublings)
-        .min(context.retry_max_delay)
+        .max(1)
 }
 
-/// Tells a waiting shopper the order was not saved, and removes it from the queue.
-async fn reject(context: &BatchContext, message: &jetstream::Message, reason: RejectReason) {
-    context.stats.rejected(1);
+/// Hands the message back for a later delivery: `retry_delay` doubled per earlier delivery, at
+/// most `retry_max_delay`.
+async fn retry_later(context: &BatchContext, message: &jetstream::Message) {
+    let doublings = u32::try_from(deliveries(message) - 1)
+        .unwrap_or(u32::MAX)
+        .min(16);
+    let delay = context
+        .retry_delay
+        .saturating_mul(1 << doublings)
+        .min(context.retry_max_delay);
+    if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::warn!(%error, "nak failed; the order returns after ack_wait");
+    }
+}
+
+/// Moves an order that can never be written to the dead-letter stream, tells a waiting shopper
+/// it was not saved, and removes it from the queue — in that order, so it is never in neither.
+async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reason: RejectReason) {
     let id = message
         .headers
         .as_ref()
         .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
         .and_then(|id| Uuid::parse_str(id.as_str()).ok());
-    let stream_sequence = message.info().map(|info| info.stream_sequence).ok();
-    tracing::warn!(order_id = ?id, stream_sequence, %reason, "order rejected");
+    let Ok(info) = message.info() else {
+        tracing::error!("delivery without JetStream metadata; cannot dead-letter it");
+        return;
+    };
+    let (sequence, delivered) = (info.stream_sequence, info.delivered);
+
+    let mut headers = HeaderMap::new();
+    for (name, values) in message.headers.iter().flat_map(|headers| headers.iter()) {
+        let name: &str = name.as_ref();
+        if name == REPLY_TO_HEADER {
+            continue; // nobody will wait on a replayed dead letter
+        }
+        for value in values {
+            headers.append(name, value.as_str());
+        }
+    }
+    // Idempotent: a retry of this step stores the dead letter once.
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("dead-letter-{sequence}").as_str(),
+    );
+    headers.insert(DEAD_LETTER_REASON_HEADER, reason.to_string().as_str());
+    headers.insert(
+        DEAD_LETTER_DELIVERIES_HEADER,
+        delivered.to_string().as_str(),
+    );
+    headers.insert(DEAD_LETTER_SEQUENCE_HEADER, sequence.to_string().as_str());
+    if let Some(id) = id {
+        headers.insert(DEAD_LETTER_ORDER_ID_HEADER, id.to_string().as_str());
+    }
+    let stored = async {
+        context
+            .js
+            .publish_with_headers(
+                messages::dead_letter_subject(sequence),
+                headers,
+                message.payload.clone(),
+            )
+            .await?
+            .await
+    }
+    .await;
+    if let Err(error) = stored {
+        tracing::warn!(%error, stream_sequence = sequence, "dead letter not stored; retrying later");
+        retry_later(context, message).await;
+        return;
+    }
+
+    context.stats.rejected(1);
+    tracing::warn!(order_id = ?id, stream_sequence = sequence, delivered, %reason, "order dead-lettered");
     if let Some(id) = id {
         let confirmation = Confirmation {
             id,
@@ -189,7 +300,8 @@ async fn reject(context: &BatchContext, message: &jetstream::Message, reason: Re
         reply(context, message, &confirmation).await;
     }
     if let Err(error) = message.ack_with(AckKind::Term).await {
-        tracing::warn!(%error, "term failed; the order will be redelivered and rejected again");
+        // Redelivered later, it is dead-lettered again under the same Nats-Msg-Id: one copy.
+        tracing::warn!(%error, "term failed; the order will come back and be dead-lettered again");
     }
 }
 

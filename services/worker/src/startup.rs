@@ -28,6 +28,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Application {
     client: Client,
+    js: jetstream::Context,
     db: DatabaseConnection,
     stream: stream::Stream,
     consumer: PullConsumer,
@@ -52,9 +53,11 @@ impl Application {
         let stream = nats::ensure_orders_stream(&js, &config.nats)
             .await
             .context("is nats-server running with JetStream enabled?")?;
-        let consumer = nats::ensure_workers_consumer(&stream).await?;
+        nats::ensure_dead_letter_stream(&js, &config.nats).await?;
+        let consumer = nats::ensure_workers_consumer(&stream, &config.nats).await?;
         Ok(Self {
             client,
+            js,
             db,
             stream,
             consumer,
@@ -85,10 +88,12 @@ impl Application {
 
         let context = BatchContext {
             client: self.client.clone(),
+            js: self.js.clone(),
             db: self.db.clone(),
             stats: Arc::clone(&self.stats),
             retry_delay: self.config.retry_delay,
             retry_max_delay: self.config.retry_max_delay,
+            dead_letter_after: self.config.dead_letter_after,
         };
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let batches = TaskTracker::new();

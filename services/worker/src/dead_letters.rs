@@ -1,0 +1,162 @@
+//! The operators' view of the dead-letter stream: list what is there and why, and put orders
+//! back into the queue once the cause is fixed (`just dlq`, `just dlq-replay`).
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use finalprice_shared::config::NatsConfig;
+use finalprice_shared::messages::{
+    DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_ORDER_ID_HEADER, DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_SEQUENCE_HEADER, order_subject,
+};
+use finalprice_shared::nats;
+use uuid::Uuid;
+
+/// One dead letter, as operators see it: ids and reasons, no personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its sequence in `ORDERS_DLQ`: what `dlq-replay` takes.
+    pub sequence: u64,
+    pub order_id: Option<Uuid>,
+    pub reason: String,
+    pub deliveries: String,
+    pub orders_sequence: String,
+    pub dead_lettered_at: String,
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Sequences(Vec<u64>),
+}
+
+/// The dead-letter stream, created from `nats/` if missing.
+pub async fn open(config: &NatsConfig) -> anyhow::Result<(jetstream::Context, stream::Stream)> {
+    let client = nats::connect(config, "finalprice-admin").await?;
+    let js = nats::jetstream(client, config);
+    let stream = nats::ensure_dead_letter_stream(&js, config)
+        .await
+        .context("is nats-server running with JetStream enabled?")?;
+    Ok((js, stream))
+}
+
+/// Every dead letter, oldest first.
+pub async fn list(stream: &mut stream::Stream) -> anyhow::Result<Vec<DeadLetter>> {
+    let state = stream.info().await?.state.clone();
+    let mut letters = Vec::new();
+    if state.messages == 0 {
+        return Ok(letters);
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        match stream.direct_get(sequence).await {
+            Ok(message) => letters.push(describe(sequence, &message.headers, message.time)),
+            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(letters)
+}
+
+fn describe(
+    sequence: u64,
+    headers: &HeaderMap,
+    time: async_nats::datetime::DateTime,
+) -> DeadLetter {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|value| value.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    DeadLetter {
+        sequence,
+        order_id: Uuid::parse_str(&header(DEAD_LETTER_ORDER_ID_HEADER)).ok(),
+        reason: header(DEAD_LETTER_REASON_HEADER),
+        deliveries: header(DEAD_LETTER_DELIVERIES_HEADER),
+        orders_sequence: header(DEAD_LETTER_SEQUENCE_HEADER),
+        dead_lettered_at: time.to_string(),
+    }
+}
+
+/// Writes the list as a table for `just dlq`.
+pub fn print(letters: &[DeadLetter], out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "{} dead letter(s) in ORDERS_DLQ", letters.len())?;
+    for letter in letters {
+        let id = letter
+            .order_id
+            .map_or_else(|| "-".to_owned(), |id| id.to_string());
+        writeln!(
+            out,
+            "seq {:>6}  order {id}  at {}  deliveries {}  reason: {}",
+            letter.sequence, letter.dead_lettered_at, letter.deliveries, letter.reason
+        )?;
+    }
+    Ok(())
+}
+
+/// Publishes the selected dead letters back to `ORDERS` and deletes each from the dead-letter
+/// stream once JetStream has acknowledged it. Returns the sequences replayed; a dead letter
+/// without an order id cannot be replayed (it never decoded) and is left in place.
+pub async fn replay(
+    js: &jetstream::Context,
+    stream: &mut stream::Stream,
+    selection: &Selection,
+) -> anyhow::Result<Vec<u64>> {
+    let wanted: Vec<DeadLetter> = list(stream)
+        .await?
+        .into_iter()
+        .filter(|letter| match selection {
+            Selection::All => true,
+            Selection::Sequences(sequences) => sequences.contains(&letter.sequence),
+        })
+        .collect();
+    let mut replayed = Vec::with_capacity(wanted.len());
+    for letter in wanted {
+        let Some(id) = letter.order_id else {
+            tracing::warn!(
+                sequence = letter.sequence,
+                "no order id: left in the dead-letter stream"
+            );
+            continue;
+        };
+        let message = stream.direct_get(letter.sequence).await?;
+        let mut headers = HeaderMap::new();
+        // A fresh message id: the original may still be inside the duplicate window. The order
+        // id stays the primary key, so a replay of a committed order is still one row.
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("replay-{}-{}", id, letter.sequence).as_str(),
+        );
+        if let Some(traceparent) = message.headers.get("traceparent") {
+            headers.insert("traceparent", traceparent.as_str());
+        }
+        js.publish_with_headers(order_subject(id), headers, message.payload.clone())
+            .await?
+            .await
+            .with_context(|| format!("replaying dead letter {}", letter.sequence))?;
+        stream.delete_message(letter.sequence).await?;
+        replayed.push(letter.sequence);
+    }
+    Ok(replayed)
+}
+
+/// Parses `dlq-replay` arguments: `--all` or sequence numbers.
+pub fn parse_selection(args: &[String]) -> anyhow::Result<Selection> {
+    if args.iter().any(|arg| arg == "--all") {
+        return Ok(Selection::All);
+    }
+    if args.is_empty() {
+        anyhow::bail!("name the dead letters to replay by sequence, or --all");
+    }
+    let sequences = args
+        .iter()
+        .map(|arg| {
+            arg.parse::<u64>()
+                .with_context(|| format!("`{arg}` is not a sequence number"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Selection::Sequences(sequences))
+}
