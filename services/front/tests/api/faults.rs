@@ -1,0 +1,267 @@
+//! DESIGN.md §2 under the faults a flash sale meets, injected for real: database connections
+//! killed, nats-server killed and restarted, a poison order, one key submitted many times at
+//! once, a full stream, an overloaded front. Each load scenario ends on three numbers that
+//! must be zero: accepted but not a row at that moment, acknowledged but never a row, and
+//! orders stored twice.
+
+use std::time::Duration;
+
+use finalprice_testkit::Backend;
+use futures_util::future::join_all;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{
+    acknowledged_not_committed, burst, eventually, few, order_id_from_location, spawn_app,
+    spawn_app_with,
+};
+
+#[tokio::test]
+async fn orders_survive_database_connections_killed_again_and_again() {
+    let app = spawn_app_with(Backend::Postgres, |config| {
+        config.worker.retry_delay = Duration::from_millis(50);
+        config.worker.retry_max_delay = Duration::from_millis(400);
+    })
+    .await;
+    let mut app = app;
+    app.start_worker().await;
+
+    // The services' pool names itself "finalprice"; the test's own connection is spared.
+    let killer = async {
+        let until = tokio::time::Instant::now() + Duration::from_secs(4);
+        while tokio::time::Instant::now() < until {
+            app.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'finalprice' AND pid <> pg_backend_pid()",
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (tally, ()) = tokio::join!(burst(&app, 300, 32, 9_100_000_000), killer);
+
+    assert!(
+        tally.other.is_empty(),
+        "unexpected answers: {:?}",
+        tally.other
+    );
+    assert!(
+        tally.accepted_not_committed.is_empty(),
+        "accepted before commit: {}",
+        few(&tally.accepted_not_committed)
+    );
+    let lost = acknowledged_not_committed(&app, &tally, Duration::from_secs(20)).await;
+    assert!(
+        lost.is_empty(),
+        "acknowledged, never committed: {}",
+        few(&lost)
+    );
+    assert_eq!(app.duplicate_rows().await, 0);
+    assert!(
+        app.worker_stats().snapshot().batches_failed > 0,
+        "the fault was injected: some batch must have failed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn orders_acknowledged_before_nats_crashed_are_committed_after_it_restarts() {
+    let mut app = spawn_app(Backend::Postgres).await;
+
+    let before = burst(&app, 100, 16, 9_200_000_000).await;
+    app.nats.kill();
+    let during = burst(&app, 20, 8, 9_210_000_000).await;
+    app.nats
+        .restart()
+        .expect("nats-server restarts on the same store");
+    // Reconnection is automatic; give the clients a moment, then load again.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.get("/readyz").await.status() == 200
+        })
+        .await,
+        "the front reconnects by itself"
+    );
+    let after = burst(&app, 100, 16, 9_220_000_000).await;
+
+    assert_eq!(
+        during.unavailable, 20,
+        "while NATS is down every order gets a 503: {during:?}"
+    );
+    for tally in [&before, &during, &after] {
+        assert!(
+            tally.other.is_empty(),
+            "unexpected answers: {:?}",
+            tally.other
+        );
+        assert!(
+            tally.accepted_not_committed.is_empty(),
+            "accepted before commit: {}",
+            few(&tally.accepted_not_committed)
+        );
+        let lost = acknowledged_not_committed(&app, tally, Duration::from_secs(30)).await;
+        assert!(
+            lost.is_empty(),
+            "acknowledged, never committed: {}",
+            few(&lost)
+        );
+    }
+    assert_eq!(after.accepted.len() + after.pending.len(), 100, "{after:?}");
+    assert_eq!(app.duplicate_rows().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_key_submitted_many_times_at_once_is_one_order() {
+    let app = spawn_app(Backend::Postgres).await;
+    let key = Uuid::now_v7();
+    let body = format!("name=Anna&phone=89991234567&key={key}");
+
+    let answers = join_all((0..20).map(|_| app.post_form(&body))).await;
+
+    for answer in &answers {
+        assert_eq!(answer.status(), 303);
+        assert_eq!(
+            order_id_from_location(answer),
+            key,
+            "every answer names the same order"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.row(key).await.is_some()
+        })
+        .await
+    );
+    assert_eq!(app.row_count().await, 1, "one row");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_order_is_dead_lettered_its_shopper_told_and_the_others_committed() {
+    let mut app = spawn_app_with(Backend::Postgres, |config| {
+        config.worker.retry_delay = Duration::from_millis(20);
+        config.worker.dead_letter_after = 3;
+        config.http.reply_timeout = Duration::from_secs(5);
+    })
+    .await;
+    // An order the database can never take: a constraint its data breaks.
+    app.execute("ALTER TABLE orders ADD CONSTRAINT no_poison CHECK (name <> 'Яд')")
+        .await;
+    app.start_worker().await;
+
+    let poison_order = json!({ "name": "Яд", "phone": "89990000001" });
+    let poison = app.post_json(&poison_order);
+    let good = burst(&app, 30, 30, 9_300_000_000);
+    let (poison, good) = tokio::join!(poison, good);
+
+    assert_eq!(poison.status(), 500, "the shopper is told it was not saved");
+    assert_eq!(good.accepted.len(), 30, "{good:?}");
+    assert!(
+        good.accepted_not_committed.is_empty(),
+        "{}",
+        few(&good.accepted_not_committed)
+    );
+    assert_eq!(app.row_count().await, 30);
+    assert_eq!(
+        app.queued().await,
+        0,
+        "the poison order left the work queue"
+    );
+
+    // The operator finds it, fixes the cause, and replays it.
+    let (js, mut dlq) = finalprice_worker::dead_letters::open(&app.config.nats)
+        .await
+        .expect("dead-letter stream");
+    let letters = finalprice_worker::dead_letters::list(&mut dlq)
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].reason.contains("refused by the database"),
+        "{letters:?}"
+    );
+    assert_eq!(letters[0].deliveries, "3");
+    let id = letters[0]
+        .order_id
+        .expect("the dead letter names its order");
+
+    app.execute("ALTER TABLE orders DROP CONSTRAINT no_poison")
+        .await;
+    let replayed = finalprice_worker::dead_letters::replay(
+        &js,
+        &mut dlq,
+        &finalprice_worker::dead_letters::Selection::All,
+    )
+    .await
+    .expect("replay");
+    assert_eq!(replayed, vec![letters[0].sequence]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.row(id).await.is_some()
+        })
+        .await,
+        "the replayed order is committed"
+    );
+    assert!(
+        finalprice_worker::dead_letters::list(&mut dlq)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_stream_gets_503_with_retry_after_and_the_input_kept() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.nats.stream_max_messages = 3;
+        config.http.reply_timeout = Duration::from_millis(200);
+    })
+    .await;
+
+    for i in 0..3 {
+        let answer = app
+            .post_form(&format!("name=Anna&phone=8999000000{i}"))
+            .await;
+        assert_eq!(answer.status(), 303, "order {i} fits");
+    }
+    let full = app.post_form("name=Anna&phone=89990000009").await;
+
+    assert_eq!(full.status(), 503);
+    assert!(full.headers().contains_key("retry-after"));
+    let html = full.text().await.expect("page");
+    assert!(html.contains("value=\"89990000009\""), "input kept: {html}");
+    assert_eq!(app.queued().await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_in_flight_bound_the_answer_is_a_fast_503() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.http.max_in_flight = 2;
+        config.http.reply_timeout = Duration::from_secs(2);
+    })
+    .await;
+    // No worker: each order holds its slot for the whole reply timeout.
+    let bodies: Vec<String> = (0..2)
+        .map(|i| format!("name=Anna&phone=8999000000{i}"))
+        .collect();
+    let held = join_all(bodies.iter().map(|body| app.post_form(body)));
+    let extra = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let answer = app.post_form("name=Anna&phone=89990000009").await;
+        (answer, started.elapsed())
+    };
+    let (held, (extra, waited)) = tokio::join!(held, extra);
+
+    assert!(held.iter().all(|answer| answer.status() == 303));
+    assert_eq!(extra.status(), 503);
+    assert!(extra.headers().contains_key("retry-after"));
+    assert!(
+        waited < Duration::from_secs(1),
+        "a 503 for overload does not wait: {waited:?}"
+    );
+    app.stop().await;
+}
