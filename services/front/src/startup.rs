@@ -11,15 +11,17 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use finalprice_shared::config::{Config, NatsConfig};
 use finalprice_shared::nats;
+use futures_util::FutureExt as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::inbox::Inbox;
+use crate::limits::ClientLimiter;
 use crate::queue::{OrderQueue, Timeouts};
 use crate::routes::{self, AppState};
 
@@ -58,6 +60,7 @@ impl Application {
             http: config.http.clone(),
             country: config.default_country(),
             in_flight: Arc::new(Semaphore::new(config.http.max_in_flight)),
+            limiter: ClientLimiter::start(&config.http),
         });
         let listener = bind(config.http.addr)
             .with_context(|| format!("cannot listen on {}", config.http.addr))?;
@@ -80,24 +83,12 @@ impl Application {
             .header_read_timeout(state.http.header_read_timeout)
             .keep_alive(true);
         tracing::info!(addr = %listener.local_addr()?, "front listening");
-        loop {
-            let (socket, _) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
+        let serve = |socket: TcpStream, peer: SocketAddr| {
             let _ = socket.set_nodelay(true);
             let state = Arc::clone(&state);
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(routes::handle(state, request).await) }
+                async move { Ok::<_, Infallible>(routes::handle(state, peer.ip(), request).await) }
             });
             let connection =
                 graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
@@ -106,8 +97,26 @@ impl Application {
                     tracing::debug!(%error, "connection ended with an error");
                 }
             });
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => serve(socket, peer),
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+            }
         }
-        // Close the socket first: with SO_REUSEPORT, new connections go to the other fronts.
+        // Connections the kernel already completed are clients that sent their request: serve
+        // them rather than reset them when the socket closes.
+        while let Some(Ok((socket, peer))) = listener.accept().now_or_never() {
+            serve(socket, peer);
+        }
+        // Then close the socket: with SO_REUSEPORT, new connections go to the other fronts.
         drop(listener);
         tracing::info!("stopping: finishing requests in flight");
         if tokio::time::timeout(state.http.shutdown_grace, graceful.shutdown())
