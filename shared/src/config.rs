@@ -108,6 +108,11 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Orders per second per client; 0 = no limit.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// Empty = the peer address identifies the client.
+    pub client_ip_header: String,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }
@@ -246,6 +251,20 @@ impl Config {
                 "must be at least 1s (Retry-After counts whole seconds)",
             ));
         }
+        if self.http.rate_limit_per_second > 0 && self.http.rate_limit_burst == 0 {
+            return Err(invalid(
+                "http.rate_limit_burst",
+                "must be at least 1 when http.rate_limit_per_second is set",
+            ));
+        }
+        if !self.http.client_ip_header.is_empty()
+            && http_header_name_invalid(&self.http.client_ip_header)
+        {
+            return Err(invalid(
+                "http.client_ip_header",
+                "is not a valid header name",
+            ));
+        }
         if !(1..=MAX_BATCH_SIZE).contains(&self.worker.batch_size) {
             return Err(invalid(
                 "worker.batch_size",
@@ -282,6 +301,13 @@ impl DbConfig {
     pub fn is_sqlite(&self) -> bool {
         self.url.starts_with("sqlite:")
     }
+}
+
+/// RFC 9110 token characters only.
+fn http_header_name_invalid(name: &str) -> bool {
+    !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `scheme://user:secret@host/…` → `scheme://user:***@host/…`, for logs and `Debug`.

@@ -8,11 +8,13 @@
 //! - [`form`]: the raw form → a validated order or per-field errors.
 //! - [`queue`]: publish + wait for the confirmation; status requests to the workers.
 //! - [`inbox`]: the one reply subscription and its map of waiting requests.
+//! - [`limits`]: per-client rate limiting of order submissions.
 //! - [`pages`], [`http`]: templates from `ui/`, response helpers.
 
 pub mod form;
 pub mod http;
 pub mod inbox;
+pub mod limits;
 pub mod pages;
 pub mod queue;
 pub mod routes;

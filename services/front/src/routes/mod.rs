@@ -6,6 +6,7 @@ mod home;
 mod orders;
 mod static_files;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use finalprice_shared::config::HttpConfig;
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::http::{self as resp, Body};
+use crate::limits::ClientLimiter;
 use crate::queue::OrderQueue;
 
 /// What every request handler may use; shared by all connections.
@@ -26,6 +28,8 @@ pub struct AppState {
     pub country: Country,
     /// Requests being handled; a request finding none left gets a 503 at once.
     pub in_flight: Arc<Semaphore>,
+    /// Per-client order rate; `None` when off.
+    pub limiter: Option<Arc<ClientLimiter>>,
 }
 
 impl AppState {
@@ -35,14 +39,18 @@ impl AppState {
     }
 }
 
-/// Routes one request. Infallible: every failure is a response.
-pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
-    let mut response = route(&state, request).await;
+/// Routes one request from `peer`. Infallible: every failure is a response.
+pub async fn handle(
+    state: Arc<AppState>,
+    peer: IpAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let mut response = route(&state, peer, request).await;
     resp::add_security_headers(response.headers_mut());
     response
 }
 
-async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
+async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let read = method == Method::GET || method == Method::HEAD;
@@ -59,7 +67,7 @@ async fn route(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Bo
 
     match (read, method == Method::POST, path.as_str()) {
         (true, _, "/") => home::form(),
-        (_, true, "/orders") => orders::create(state, request).await,
+        (_, true, "/orders") => orders::create(state, peer, request).await,
         (true, _, path) if path.starts_with("/orders/") => {
             orders::show(state, &path["/orders/".len()..], request.headers()).await
         }

@@ -1,6 +1,9 @@
 //! `POST /orders` (take an order) and `GET /orders/{id}` (what became of it), for browsers
 //! (pages, 303) and JSON clients alike.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use bytes::Bytes;
 use finalprice_shared::messages::{OrderState, StatusReply};
 use http::header::{self, HeaderMap};
@@ -29,6 +32,8 @@ enum CreateError {
     Malformed,
     #[error("invalid fields")]
     Invalid(FieldErrors),
+    #[error("too many orders from this client")]
+    RateLimited { retry_after: Duration },
     #[error(transparent)]
     Submit(#[from] SubmitError),
 }
@@ -39,10 +44,10 @@ enum Encoding {
     Json,
 }
 
-pub async fn create(state: &AppState, request: Request<Incoming>) -> Response<Body> {
+pub async fn create(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
     let json = resp::wants_json(request.headers());
     let mut form = OrderForm::default();
-    match create_order(state, request, &mut form).await {
+    match create_order(state, peer, request, &mut form).await {
         Ok((id, outcome)) => created(id, outcome, json),
         Err(error) => create_failed(state, &error, &form, json),
     }
@@ -50,10 +55,15 @@ pub async fn create(state: &AppState, request: Request<Incoming>) -> Response<Bo
 
 async fn create_order(
     state: &AppState,
+    peer: IpAddr,
     request: Request<Incoming>,
     form: &mut OrderForm,
 ) -> Result<(Uuid, Submitted), CreateError> {
     let encoding = encoding(request.headers()).ok_or(CreateError::UnsupportedMediaType)?;
+    let limited = state
+        .limiter
+        .as_ref()
+        .map(|limiter| limiter.check(peer, request.headers()));
     let body = read_body(state, request).await?;
     *form = match encoding {
         Encoding::Form => {
@@ -61,6 +71,10 @@ async fn create_order(
         }
         Encoding::Json => serde_json::from_slice(&body).map_err(|_| CreateError::Malformed)?,
     };
+    // Checked before reading, applied after: the form comes back with the shopper's input.
+    if let Some(Err(retry_after)) = limited {
+        return Err(CreateError::RateLimited { retry_after });
+    }
     let order = form.parse(state.country).map_err(CreateError::Invalid)?;
     let outcome = state.queue.submit(&order).await?;
     tracing::info!(order_id = %order.id, outcome = ?outcome, "order submitted");
@@ -128,6 +142,7 @@ fn create_failed(
         CreateError::Timeout => StatusCode::REQUEST_TIMEOUT,
         CreateError::Malformed => StatusCode::BAD_REQUEST,
         CreateError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        CreateError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         CreateError::Submit(SubmitError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         CreateError::Submit(SubmitError::Rejected { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -148,6 +163,14 @@ fn create_failed(
             | CreateError::Timeout
             | CreateError::Malformed => resp::text(status, "Не удалось прочитать форму.\n"),
             CreateError::Invalid(errors) => form_again(status, form, errors, None),
+            CreateError::RateLimited { .. } => form_again(
+                status,
+                form,
+                &FieldErrors::default(),
+                Some(
+                    "Слишком много заказов с вашего адреса. Подождите немного и нажмите «Заказать» ещё раз — введённые данные сохранены.",
+                ),
+            ),
             CreateError::Submit(SubmitError::Unavailable(_)) => form_again(
                 status,
                 form,
@@ -164,10 +187,14 @@ fn create_failed(
             ),
         }
     };
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp::retry_after(response, state.retry_after_secs())
-    } else {
-        response
+    match error {
+        CreateError::RateLimited { retry_after } => {
+            resp::retry_after(response, retry_after.as_secs_f64().ceil().max(1.0) as u64)
+        }
+        _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+            resp::retry_after(response, state.retry_after_secs())
+        }
+        _ => response,
     }
 }
 

@@ -11,10 +11,9 @@ use futures_util::future::join_all;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{
-    acknowledged_not_committed, burst, eventually, few, order_id_from_location, spawn_app,
-    spawn_app_with,
-};
+use finalprice_testkit::load::few;
+
+use crate::helpers::{eventually, order_id_from_location, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn orders_survive_database_connections_killed_again_and_again() {
@@ -24,6 +23,15 @@ async fn orders_survive_database_connections_killed_again_and_again() {
     })
     .await;
     let mut app = app;
+    // Each commit takes 50 ms, so the kills below land inside statements, not only between
+    // them (the pool tests a connection before handing it out).
+    app.execute(
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$; \
+         CREATE TRIGGER slow_insert BEFORE INSERT ON orders \
+         FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();",
+    )
+    .await;
     app.start_worker().await;
 
     // The services' pool names itself "finalprice"; the test's own connection is spared.
@@ -35,10 +43,10 @@ async fn orders_survive_database_connections_killed_again_and_again() {
                  WHERE application_name = 'finalprice' AND pid <> pg_backend_pid()",
             )
             .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
         }
     };
-    let (tally, ()) = tokio::join!(burst(&app, 300, 32, 9_100_000_000), killer);
+    let (tally, ()) = tokio::join!(app.burst(300, 32, 9_100_000_000), killer);
 
     assert!(
         tally.other.is_empty(),
@@ -50,7 +58,9 @@ async fn orders_survive_database_connections_killed_again_and_again() {
         "accepted before commit: {}",
         few(&tally.accepted_not_committed)
     );
-    let lost = acknowledged_not_committed(&app, &tally, Duration::from_secs(20)).await;
+    let lost = app
+        .acknowledged_not_committed(&tally, Duration::from_secs(20))
+        .await;
     assert!(
         lost.is_empty(),
         "acknowledged, never committed: {}",
@@ -68,9 +78,9 @@ async fn orders_survive_database_connections_killed_again_and_again() {
 async fn orders_acknowledged_before_nats_crashed_are_committed_after_it_restarts() {
     let mut app = spawn_app(Backend::Postgres).await;
 
-    let before = burst(&app, 100, 16, 9_200_000_000).await;
+    let before = app.burst(100, 16, 9_200_000_000).await;
     app.nats.kill();
-    let during = burst(&app, 20, 8, 9_210_000_000).await;
+    let during = app.burst(20, 8, 9_210_000_000).await;
     app.nats
         .restart()
         .expect("nats-server restarts on the same store");
@@ -82,7 +92,7 @@ async fn orders_acknowledged_before_nats_crashed_are_committed_after_it_restarts
         .await,
         "the front reconnects by itself"
     );
-    let after = burst(&app, 100, 16, 9_220_000_000).await;
+    let after = app.burst(100, 16, 9_220_000_000).await;
 
     assert_eq!(
         during.unavailable, 20,
@@ -99,7 +109,9 @@ async fn orders_acknowledged_before_nats_crashed_are_committed_after_it_restarts
             "accepted before commit: {}",
             few(&tally.accepted_not_committed)
         );
-        let lost = acknowledged_not_committed(&app, tally, Duration::from_secs(30)).await;
+        let lost = app
+            .acknowledged_not_committed(tally, Duration::from_secs(30))
+            .await;
         assert!(
             lost.is_empty(),
             "acknowledged, never committed: {}",
@@ -152,7 +164,7 @@ async fn a_poison_order_is_dead_lettered_its_shopper_told_and_the_others_committ
 
     let poison_order = json!({ "name": "Яд", "phone": "89990000001" });
     let poison = app.post_json(&poison_order);
-    let good = burst(&app, 30, 30, 9_300_000_000);
+    let good = app.burst(30, 30, 9_300_000_000);
     let (poison, good) = tokio::join!(poison, good);
 
     assert_eq!(poison.status(), 500, "the shopper is told it was not saved");
@@ -263,5 +275,55 @@ async fn past_the_in_flight_bound_the_answer_is_a_fast_503() {
         waited < Duration::from_secs(1),
         "a 503 for overload does not wait: {waited:?}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_and_others_are_unaffected() {
+    let mut app = spawn_app_with(Backend::Sqlite, |config| {
+        config.http.rate_limit_per_second = 1;
+        config.http.rate_limit_burst = 2;
+        config.http.client_ip_header = "x-forwarded-for".into();
+    })
+    .await;
+    app.start_worker().await;
+    let post = |client: &'static str, phone: &'static str| {
+        app.http
+            .post(app.url("/orders"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-forwarded-for", client)
+            .body(format!("name=Anna&phone={phone}"))
+            .send()
+    };
+
+    assert_eq!(
+        post("203.0.113.7", "89990000001")
+            .await
+            .expect("answer")
+            .status(),
+        303
+    );
+    assert_eq!(
+        post("203.0.113.7", "89990000002")
+            .await
+            .expect("answer")
+            .status(),
+        303
+    );
+    let limited = post("203.0.113.7", "89990000003").await.expect("answer");
+    let other = post("198.51.100.1", "89990000004").await.expect("answer");
+
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert!(
+        limited
+            .text()
+            .await
+            .expect("page")
+            .contains("value=\"89990000003\""),
+        "input kept"
+    );
+    assert_eq!(other.status(), 303, "another client has its own bucket");
+    assert_eq!(app.row_count().await, 3, "the limited order was not taken");
     app.stop().await;
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use finalprice_db::entity::orders;
 use finalprice_front::Application as Front;
 use finalprice_shared::config::Config;
+use finalprice_testkit::load::{self, Tally, Target};
 use finalprice_testkit::{Backend, NatsServer, TestDb};
 use finalprice_worker::{Application as Worker, WorkerStats};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
@@ -153,16 +154,28 @@ impl TestApp {
         self.rows.execute_unprepared(sql).await.expect("SQL runs");
     }
 
-    /// Rows whose phone appears more than once: each test order has its own phone, so any is
-    /// one order stored twice.
+    /// Where load goes and where its answers are checked.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            base_url: &self.address,
+            http: &self.http,
+            rows: &self.rows,
+        }
+    }
+
+    /// Orders stored twice (see [`finalprice_testkit::load::duplicate_rows`]).
     pub async fn duplicate_rows(&self) -> u64 {
-        let rows = orders::Entity::find()
-            .all(&self.rows)
-            .await
-            .expect("database read");
-        let distinct: std::collections::HashSet<&str> =
-            rows.iter().map(|row| row.phone.as_str()).collect();
-        (rows.len() - distinct.len()) as u64
+        load::duplicate_rows(&self.rows).await
+    }
+
+    /// Sends a burst of orders (see [`finalprice_testkit::load::burst`]).
+    pub async fn burst(&self, count: usize, concurrency: usize, first_phone: u64) -> Tally {
+        load::burst(self.target(), count, concurrency, first_phone).await
+    }
+
+    /// Acknowledged orders that never became rows within `within`.
+    pub async fn acknowledged_not_committed(&self, tally: &Tally, within: Duration) -> Vec<Uuid> {
+        load::acknowledged_not_committed(&self.rows, tally, within).await
     }
 
     pub async fn row_count(&self) -> u64 {
@@ -211,118 +224,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// How a burst of orders was answered, and what the database said about each answer.
-#[derive(Default)]
-pub struct Tally {
-    /// 201: the front said "accepted".
-    pub accepted: Vec<Uuid>,
-    /// 202: durable, not yet confirmed.
-    pub pending: Vec<Uuid>,
-    /// 503: not taken (the shopper tries again).
-    pub unavailable: usize,
-    /// Any other answer, or no answer.
-    pub other: Vec<String>,
-    /// Answered "accepted" but not a row at the moment the answer arrived: must stay empty.
-    pub accepted_not_committed: Vec<Uuid>,
-}
-
-/// Counts, not ids: a failing assertion stays readable.
-impl std::fmt::Debug for Tally {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tally")
-            .field("accepted", &self.accepted.len())
-            .field("pending", &self.pending.len())
-            .field("unavailable", &self.unavailable)
-            .field("other", &self.other)
-            .field("accepted_not_committed", &self.accepted_not_committed.len())
-            .finish()
-    }
-}
-
-impl Tally {
-    /// Every order the queue acknowledged (accepted or pending).
-    pub fn acknowledged(&self) -> impl Iterator<Item = &Uuid> {
-        self.accepted.iter().chain(&self.pending)
-    }
-}
-
-/// Sends `count` JSON orders, `concurrency` at a time, each with its own key and phone (phones
-/// start at `first_phone`), and checks every "accepted" against the database at once.
-pub async fn burst(app: &TestApp, count: usize, concurrency: usize, first_phone: u64) -> Tally {
-    use futures_util::StreamExt;
-    let answers = futures_util::stream::iter(0..count)
-        .map(|i| async move {
-            let key = Uuid::now_v7();
-            let body = serde_json::json!({
-                "name": "Нагрузка",
-                "phone": format!("+7{:010}", first_phone + i as u64),
-                "key": key,
-            });
-            let answer = app
-                .http
-                .post(app.url("/orders"))
-                .header("accept", "application/json")
-                .json(&body)
-                .send()
-                .await;
-            let status = answer.map(|response| response.status().as_u16());
-            let committed = match status {
-                Ok(201) => Some(app.row(key).await.is_some()),
-                _ => None,
-            };
-            (key, status, committed)
-        })
-        .buffer_unordered(concurrency)
-        .collect::<Vec<_>>()
-        .await;
-    let mut tally = Tally::default();
-    for (key, status, committed) in answers {
-        match status {
-            Ok(201) => {
-                tally.accepted.push(key);
-                if committed != Some(true) {
-                    tally.accepted_not_committed.push(key);
-                }
-            }
-            Ok(202) => tally.pending.push(key),
-            Ok(503) => tally.unavailable += 1,
-            Ok(other) => tally.other.push(other.to_string()),
-            Err(error) => tally.other.push(error.to_string()),
-        }
-    }
-    tally
-}
-
-/// Waits until every acknowledged order of `tally` is a row; returns those that never became one.
-pub async fn acknowledged_not_committed(
-    app: &TestApp,
-    tally: &Tally,
-    within: Duration,
-) -> Vec<Uuid> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut missing: Vec<Uuid> = tally.acknowledged().copied().collect();
-    while !missing.is_empty() && tokio::time::Instant::now() < deadline {
-        let mut still = Vec::new();
-        for id in missing {
-            if app.row(id).await.is_none() {
-                still.push(id);
-            }
-        }
-        missing = still;
-        if !missing.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    missing
-}
-
-/// "N orders, e.g. [first few]": readable failure messages for long id lists.
-pub fn few(ids: &[Uuid]) -> String {
-    format!(
-        "{} order(s), e.g. {:?}",
-        ids.len(),
-        &ids[..ids.len().min(5)]
-    )
 }

@@ -1,0 +1,67 @@
+//! Per-client rate limiting of order submissions: a token bucket per client address (GCRA, by
+//! `governor`), off unless `http.rate_limit_per_second` is set.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use finalprice_shared::config::HttpConfig;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::HeaderMap;
+use http::header::HeaderName;
+
+/// How often idle clients are forgotten, so the table holds only recent addresses.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(30);
+
+/// The per-client buckets.
+#[derive(Debug)]
+pub struct ClientLimiter {
+    buckets: DefaultKeyedRateLimiter<IpAddr>,
+    /// Set behind a trusted proxy: the header naming the client.
+    client_ip_header: Option<HeaderName>,
+}
+
+impl ClientLimiter {
+    /// `None` when rate limiting is off. Starts the task that forgets idle clients.
+    pub fn start(config: &HttpConfig) -> Option<Arc<Self>> {
+        let rate = NonZeroU32::new(config.rate_limit_per_second)?;
+        let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
+        let limiter = Arc::new(Self {
+            buckets: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            client_ip_header: HeaderName::from_bytes(config.client_ip_header.as_bytes()).ok(),
+        });
+        let weak = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FORGET_IDLE_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(limiter) = weak.upgrade() else {
+                    return;
+                };
+                limiter.buckets.retain_recent();
+                limiter.buckets.shrink_to_fit();
+            }
+        });
+        Some(limiter)
+    }
+
+    /// `Err(wait)` when this client must wait before its next order.
+    pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {
+        let client = self.client(peer, headers);
+        self.buckets
+            .check_key(&client)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.client_ip_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(',').next())
+            .and_then(|first| first.trim().parse().ok())
+            .unwrap_or(peer)
+    }
+}
