@@ -6,10 +6,13 @@
 //! `.ci/run` start the server and create that role.
 
 mod db;
+pub mod load;
 mod nats;
+mod process;
 
 pub use db::{Backend, TestDb};
 pub use nats::NatsServer;
+pub use process::{Service, binary, free_port};
 
 use figment::Figment;
 use figment::providers::{Format, Toml};

@@ -1,0 +1,238 @@
+//! DESIGN.md §2 with the real processes: a worker SIGKILLed in the middle of a batch, every
+//! worker gone and back, SIGTERM to a front and to a worker under load. Each scenario ends on
+//! the three numbers that must be zero: accepted but not a row at that moment, acknowledged
+//! but never a row, orders stored twice.
+
+use std::time::Duration;
+
+use finalprice_testkit::load::{self, Tally, Target, few};
+use finalprice_testkit::{Backend, NatsServer, Service, TestDb, free_port};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+/// nats-server, a PostgreSQL database, and the settings the processes share.
+struct Stack {
+    nats: NatsServer,
+    _db: TestDb,
+    db_url: String,
+    rows: DatabaseConnection,
+    address: String,
+    port: u16,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        let nats = NatsServer::start().expect("nats-server");
+        let db = TestDb::new(Backend::Postgres).await.expect("database");
+        let rows = db.connect().await.expect("connect");
+        let port = free_port().expect("a free port");
+        // One connection per request: a stopped front refuses new ones instead of racing a
+        // pooled keep-alive connection it is closing.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        Self {
+            db_url: db.url().to_owned(),
+            nats,
+            _db: db,
+            rows,
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            http,
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("NATS_URL", self.nats.url()),
+            ("DATABASE_URL", self.db_url.clone()),
+            ("FINALPRICE_HTTP__ADDR", format!("127.0.0.1:{}", self.port)),
+            ("FINALPRICE_HTTP__REPLY_TIMEOUT", "3s".into()),
+            // A crashed worker's orders come back to the others after this.
+            ("FINALPRICE_NATS__ACK_WAIT", "2s".into()),
+            ("FINALPRICE_WORKER__RETRY_DELAY", "100ms".into()),
+            ("FINALPRICE_DB__MAX_CONNECTIONS", "4".into()),
+        ]
+    }
+
+    async fn worker(&self) -> Service {
+        let worker = Service::start("finalprice-worker", &self.env()).expect("worker starts");
+        worker
+            .wait_for_log("worker pulling orders", Duration::from_secs(20))
+            .await
+            .expect("worker ready");
+        worker
+    }
+
+    async fn front(&self) -> Service {
+        let front = Service::start("finalprice-front", &self.env()).expect("front starts");
+        let ready = format!("{}/readyz", self.address);
+        for _ in 0..400 {
+            if let Ok(answer) = self.http.get(&ready).send().await
+                && answer.status() == 200
+            {
+                return front;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("front not ready:\n{}", front.log());
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            base_url: &self.address,
+            http: &self.http,
+            rows: &self.rows,
+        }
+    }
+
+    async fn burst(&self, count: usize, concurrency: usize, first_phone: u64) -> Tally {
+        load::burst(self.target(), count, concurrency, first_phone).await
+    }
+
+    /// Makes every commit take `seconds`, so that a crash or a stop lands inside a batch.
+    async fn slow_commits_by(&self, seconds: &str) {
+        self.rows
+            .execute_unprepared(&format!(
+                "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
+                 CREATE TRIGGER slow_insert BEFORE INSERT ON orders \
+                 FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();"
+            ))
+            .await
+            .expect("trigger");
+    }
+
+    /// The three numbers of §2, asserted zero.
+    async fn assert_guarantees(&self, tally: &Tally) {
+        assert!(
+            tally.other.is_empty(),
+            "unexpected answers: {:?}",
+            tally.other
+        );
+        assert!(
+            tally.accepted_not_committed.is_empty(),
+            "accepted before commit: {}",
+            few(&tally.accepted_not_committed)
+        );
+        let lost =
+            load::acknowledged_not_committed(&self.rows, tally, Duration::from_secs(30)).await;
+        assert!(
+            lost.is_empty(),
+            "acknowledged, never committed: {}",
+            few(&lost)
+        );
+        assert_eq!(
+            load::duplicate_rows(&self.rows).await,
+            0,
+            "orders stored twice"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_in_the_middle_of_a_batch_loses_nothing() {
+    let stack = Stack::new().await;
+    stack.slow_commits_by("0.1").await;
+    let mut doomed = stack.worker().await;
+    let _survivor = stack.worker().await;
+    let _front = stack.front().await;
+
+    let load = stack.burst(400, 64, 9_400_000_000);
+    let crash = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        doomed.kill();
+    };
+    let (tally, ()) = tokio::join!(load, crash);
+
+    assert_eq!(tally.accepted.len() + tally.pending.len(), 400, "{tally:?}");
+    stack.assert_guarantees(&tally).await;
+}
+
+#[tokio::test]
+async fn orders_wait_in_the_queue_while_every_worker_is_gone_and_are_committed_when_one_returns() {
+    let stack = Stack::new().await;
+    let mut worker = stack.worker().await;
+    let _front = stack.front().await;
+    let before = stack.burst(50, 16, 9_500_000_000).await;
+    worker.kill();
+
+    let during = stack.burst(100, 16, 9_510_000_000).await;
+    assert_eq!(
+        during.pending.len(),
+        100,
+        "durable but unconfirmed: {during:?}"
+    );
+
+    let _back = stack.worker().await;
+    stack.assert_guarantees(&before).await;
+    stack.assert_guarantees(&during).await;
+}
+
+#[tokio::test]
+async fn sigterm_to_a_front_finishes_what_it_holds_and_refuses_the_rest() {
+    let stack = Stack::new().await;
+    // Commits take a second, so every order below is still in flight when the signal comes.
+    stack.slow_commits_by("1.0").await;
+    let _worker = stack.worker().await;
+    let mut front = stack.front().await;
+
+    let in_flight = stack.burst(64, 64, 9_600_000_000);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        front.terminate().expect("SIGTERM");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let late = stack.burst(1, 1, 9_610_000_000).await;
+        (late, front.wait_exit(Duration::from_secs(20)).await)
+    };
+    let (held, (late, exit)) = tokio::join!(in_flight, stop);
+
+    assert_eq!(
+        held.accepted.len() + held.pending.len(),
+        64,
+        "every request in flight got its answer: {held:?}"
+    );
+    assert_eq!(
+        late.refused, 1,
+        "a new connection after SIGTERM is refused: {late:?}"
+    );
+    let exit = exit.expect("the front exits by itself");
+    assert!(exit.success(), "clean exit: {exit:?}\n{}", front.log());
+    stack.assert_guarantees(&held).await;
+}
+
+#[tokio::test]
+async fn sigterm_to_a_worker_finishes_commits_confirms_and_acks_its_batches() {
+    let stack = Stack::new().await;
+    stack.slow_commits_by("0.1").await;
+    let mut worker = stack.worker().await;
+    let _front = stack.front().await;
+
+    let load = stack.burst(300, 64, 9_700_000_000);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        worker.terminate().expect("SIGTERM");
+        worker.wait_exit(Duration::from_secs(30)).await
+    };
+    let (tally, exit) = tokio::join!(load, stop);
+
+    let exit = exit.expect("the worker exits by itself");
+    assert!(exit.success(), "clean exit: {exit:?}\n{}", worker.log());
+    // Graceful means nothing left half-done: no delivery of the stopped worker awaits an ack.
+    let client = async_nats::connect(stack.nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("workers", "ORDERS")
+        .await
+        .expect("consumer");
+    let info = consumer.info().await.expect("consumer info");
+    assert_eq!(
+        info.num_ack_pending, 0,
+        "the stopped worker left unacked orders"
+    );
+
+    let _next = stack.worker().await;
+    stack.assert_guarantees(&tally).await;
+}

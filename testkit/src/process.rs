@@ -1,0 +1,147 @@
+//! The real binaries as processes, for tests that kill them: started with a clean environment
+//! plus the settings given, logging to a file, stopped by SIGKILL or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tempfile::TempDir;
+
+/// A running `finalprice-front` or `finalprice-worker`; killed when dropped.
+#[derive(Debug)]
+pub struct Service {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+/// Where `cargo` put this workspace's binaries: beside the `deps` folder of the running test.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test binary outside a target directory")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not built: run `cargo build --workspace --bins` (just test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+impl Service {
+    /// Starts `binary` (`finalprice-front` or `finalprice-worker`) with only `env` of ours:
+    /// nothing from the caller's `FINALPRICE_*`, `NATS_URL`, `DATABASE_URL` leaks in.
+    pub fn start(name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("fp-service-").tempdir()?;
+        let log = dir.path().join(format!("{name}.log"));
+        let mut command = Command::new(binary(name)?);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("FINALPRICE_")
+                || key.starts_with("OTEL_")
+                || key == "NATS_URL"
+                || key == "DATABASE_URL"
+            {
+                command.env_remove(key);
+            }
+        }
+        command
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::options().append(true).open(&log)?);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name,
+            child: Some(child),
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (a start-up line, say).
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!(
+            "{} did not log {needle:?} within {within:?}:\n{}",
+            self.name,
+            self.log()
+        )
+    }
+
+    /// SIGKILL: a crash, nothing flushed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as an orchestrator stops a container.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("already stopped")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().context("already stopped")?;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!(
+            "{} did not exit within {within:?}:\n{}",
+            self.name,
+            self.log()
+        )
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free local port: bound, read, released (another process could take it in between, which
+/// only makes a test fail loudly, never pass wrongly).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
