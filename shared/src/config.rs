@@ -131,6 +131,8 @@ pub struct WorkerConfig {
     pub retry_max_delay: Duration,
     /// The delivery on which an order the database refuses is dead-lettered.
     pub dead_letter_after: i64,
+    /// The worker's `/metrics` listener; port 0 = any free port.
+    pub metrics_addr: SocketAddr,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }

@@ -4,6 +4,7 @@
 //! - [`domain`]: the order's fields as types that can only hold valid values.
 //! - [`messages`]: what travels over NATS between front and worker, and on which subjects.
 //! - [`config`]: the layered configuration of both services (`config.default.toml`).
+//! - [`metrics`]: Prometheus text for `/metrics`, and the worker's metrics listener.
 //! - [`nats`]: connecting, and the stream and consumer definitions of `nats/`.
 //! - [`telemetry`]: logs, OTLP spans, and trace context in NATS headers.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C signal both services stop on.
@@ -11,6 +12,7 @@
 pub mod config;
 pub mod domain;
 pub mod messages;
+pub mod metrics;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;

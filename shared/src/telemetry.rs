@@ -23,6 +23,11 @@ const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn,async_nats=warn,h2=war
 pub enum TelemetryError {
     #[error("cannot build the OTLP span exporter")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("{variable}={value} is not supported: use grpc or http/protobuf")]
+    Protocol {
+        variable: &'static str,
+        value: String,
+    },
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
 }
@@ -58,6 +63,29 @@ fn otlp_requested() -> bool {
     endpoint && !disabled
 }
 
+/// The OTLP span exporter for `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`: `grpc` (the default,
+/// port 4317) or `http/protobuf` (port 4318; `/v1/traces` is appended to the endpoint). The
+/// builders read `OTEL_EXPORTER_OTLP_ENDPOINT`, `_TIMEOUT`, `_HEADERS` themselves; the provider
+/// reads `OTEL_TRACES_SAMPLER(_ARG)` and the batch processor `OTEL_BSP_*`.
+fn span_exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+    let (variable, value) = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|name| std::env::var(name).ok().map(|value| (name, value)))
+    .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()));
+    match value.trim() {
+        "grpc" => Ok(SpanExporter::builder().with_tonic().build()?),
+        "http/protobuf" => Ok(SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build()?),
+        _ => Err(TelemetryError::Protocol { variable, value }),
+    }
+}
+
 /// Installs the global subscriber and, if asked for by `OTEL_*`, the OTLP span pipeline.
 /// Must run inside a Tokio runtime (the gRPC exporter needs one).
 ///
@@ -77,11 +105,7 @@ pub fn init(service_name: &'static str, log: &LogConfig) -> Result<TelemetryGuar
     };
 
     let provider = if otlp_requested() {
-        // The builder reads OTEL_EXPORTER_OTLP_ENDPOINT / _TIMEOUT / _HEADERS itself, and the
-        // provider reads OTEL_TRACES_SAMPLER(_ARG) and OTEL_BSP_*.
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let exporter = span_exporter()?;
         let mut resource = Resource::builder();
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(service_name);

@@ -9,12 +9,14 @@
 //! - [`queue`]: publish + wait for the confirmation; status requests to the workers.
 //! - [`inbox`]: the one reply subscription and its map of waiting requests.
 //! - [`limits`]: per-client rate limiting of order submissions.
+//! - [`metrics`]: the Prometheus metrics behind `/metrics`.
 //! - [`pages`], [`http`]: templates from `ui/`, response helpers.
 
 pub mod form;
 pub mod http;
 pub mod inbox;
 pub mod limits;
+pub mod metrics;
 pub mod pages;
 pub mod queue;
 pub mod routes;

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::inbox::Inbox;
+use crate::inbox::{Inbox, Waiter};
+use crate::metrics::{FrontMetrics, PublishFailure, WaitOutcome};
 
 /// First pause between status polls for a duplicate submission; doubles up to a quarter second.
 const FIRST_POLL: Duration = Duration::from_millis(25);
@@ -34,8 +35,8 @@ pub enum Submitted {
 pub enum SubmitError {
     /// No PubAck: NATS down, stream missing or full, publish timed out. Nothing is durable;
     /// the shopper should try again (503).
-    #[error("the order queue is unavailable ({0})")]
-    Unavailable(&'static str),
+    #[error("the order queue is unavailable ({0:?})")]
+    Unavailable(PublishFailure),
     /// A worker will never write this order (500-class: not saved).
     #[error("the order was rejected by a worker: {reason}")]
     Rejected { reason: String },
@@ -75,6 +76,7 @@ pub struct OrderQueue {
     stream: stream::Stream<()>,
     inbox: Arc<Inbox>,
     timeouts: Timeouts,
+    metrics: Arc<FrontMetrics>,
 }
 
 impl OrderQueue {
@@ -85,6 +87,7 @@ impl OrderQueue {
         stream_name: String,
         inbox: Arc<Inbox>,
         timeouts: Timeouts,
+        metrics: Arc<FrontMetrics>,
     ) -> Result<Self, jetstream::context::GetStreamError> {
         let stream = js.get_stream_no_info(&stream_name).await?;
         Ok(Self {
@@ -94,6 +97,7 @@ impl OrderQueue {
             stream,
             inbox,
             timeouts,
+            metrics,
         })
     }
 
@@ -139,28 +143,59 @@ impl OrderQueue {
                     .await
             };
             // The first await may wait for an in-flight permit with no bound of its own.
-            match tokio::time::timeout(self.timeouts.publish, publish).await {
-                Ok(Ok(ack)) => Ok(ack),
-                Ok(Err(error)) => Err(SubmitError::Unavailable(publish_failure(error.kind()))),
-                Err(_) => Err(SubmitError::Unavailable("publish timed out")),
-            }
+            let failure = match tokio::time::timeout(self.timeouts.publish, publish).await {
+                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Err(error)) => publish_failure(error.kind()),
+                Err(_) => PublishFailure::NoAck,
+            };
+            self.metrics.publish_failed(failure);
+            Err(SubmitError::Unavailable(failure))
         }
         .instrument(publish_span)
         .await?;
 
-        let deadline = Instant::now() + self.timeouts.reply;
-        if ack.duplicate {
+        let waiting_since = Instant::now();
+        let deadline = waiting_since + self.timeouts.reply;
+        let submitted = if ack.duplicate {
             // The stream kept the first submission of this key; its confirmation went (or goes)
             // to whoever sent it. Learn the outcome from the order's real state instead.
             drop(waiter);
-            return Ok(self.poll_until_accepted(order.id, deadline).await);
-        }
+            Ok(self.poll_until_accepted(order.id, deadline).await)
+        } else {
+            self.await_confirmation(order.id, &mut waiter, deadline)
+                .await
+        };
+        let outcome = match &submitted {
+            Ok(Submitted::Accepted) => WaitOutcome::Accepted,
+            Ok(Submitted::Pending) => WaitOutcome::Pending,
+            Err(_) => WaitOutcome::Rejected,
+        };
+        self.metrics
+            .confirmation_waited(outcome, waiting_since.elapsed());
+        submitted
+    }
+
+    async fn await_confirmation(
+        &self,
+        id: Uuid,
+        waiter: &mut Waiter,
+        deadline: Instant,
+    ) -> Result<Submitted, SubmitError> {
         let reply = tokio::time::timeout_at(deadline, waiter.recv())
-            .instrument(tracing::info_span!("orders await confirmation", order_id = %order.id))
+            .instrument(tracing::info_span!("orders await confirmation", order_id = %id))
             .await;
         let Ok(Some(message)) = reply else {
             return Ok(Submitted::Pending);
         };
+        // The hand-back continues the worker's "orders confirm" span: the trace ends here.
+        let received = tracing::info_span!(
+            "orders confirmation received",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "receive",
+        );
+        telemetry::nats::set_parent_from(&received, message.headers.as_ref());
+        let _entered = received.enter();
         match messages::decode::<Confirmation>(&message.payload) {
             Ok(Confirmation {
                 outcome: Outcome::Accepted,
@@ -172,7 +207,7 @@ impl OrderQueue {
             }) => Err(SubmitError::Rejected { reason }),
             Err(error) => {
                 // Durable but unreadable answer: do not claim a commit we cannot read.
-                tracing::warn!(%error, order_id = %order.id, "malformed confirmation");
+                tracing::warn!(%error, order_id = %id, "malformed confirmation");
                 Ok(Submitted::Pending)
             }
         }
@@ -243,18 +278,18 @@ impl OrderQueue {
     }
 }
 
-/// A label for each way a publish can fail, for logs (every kind maps to 503 alike).
-fn publish_failure(kind: PublishErrorKind) -> &'static str {
+/// Each way a publish can fail, as a metric label (every kind maps to 503 alike).
+fn publish_failure(kind: PublishErrorKind) -> PublishFailure {
     match kind {
-        PublishErrorKind::StreamNotFound => "stream not found",
-        PublishErrorKind::TimedOut => "no PubAck in time",
-        PublishErrorKind::BrokenPipe => "connection broken",
-        PublishErrorKind::MaxAckPending => "too many publishes in flight",
-        PublishErrorKind::MaxPayloadExceeded => "order larger than max_payload",
+        PublishErrorKind::StreamNotFound => PublishFailure::StreamNotFound,
+        PublishErrorKind::TimedOut => PublishFailure::NoAck,
+        PublishErrorKind::BrokenPipe => PublishFailure::BrokenPipe,
+        PublishErrorKind::MaxAckPending => PublishFailure::TooManyInFlight,
+        PublishErrorKind::MaxPayloadExceeded => PublishFailure::TooLarge,
         PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
-            "expectation failed"
+            PublishFailure::Expectation
         }
         // The server refused: with `discard: new`, a full stream ends here.
-        PublishErrorKind::Other => "refused by the server (stream full?)",
+        PublishErrorKind::Other => PublishFailure::Refused,
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::inbox::Inbox;
 use crate::limits::ClientLimiter;
+use crate::metrics::FrontMetrics;
 use crate::queue::{OrderQueue, Timeouts};
 use crate::routes::{self, AppState};
 
@@ -52,15 +53,24 @@ impl Application {
             reply: config.http.reply_timeout,
             status: config.http.status_timeout,
         };
-        let queue = OrderQueue::new(client, js, stream_name, inbox, timeouts)
-            .await
-            .context("invalid stream name in nats/stream-orders.json")?;
+        let metrics = Arc::new(FrontMetrics::default());
+        let queue = OrderQueue::new(
+            client,
+            js,
+            stream_name,
+            inbox,
+            timeouts,
+            Arc::clone(&metrics),
+        )
+        .await
+        .context("invalid stream name in nats/stream-orders.json")?;
         let state = Arc::new(AppState {
             queue,
             http: config.http.clone(),
             country: config.default_country(),
             in_flight: Arc::new(Semaphore::new(config.http.max_in_flight)),
             limiter: ClientLimiter::start(&config.http),
+            metrics,
         });
         let listener = bind(config.http.addr)
             .with_context(|| format!("cannot listen on {}", config.http.addr))?;

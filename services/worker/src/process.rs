@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, HeaderMap};
@@ -53,11 +53,13 @@ pub enum RejectReason {
     Refused(String),
 }
 
-/// A delivery whose payload decoded into a valid order.
+/// A delivery whose payload decoded into a valid order, with the span that continues the
+/// order's trace in this worker.
 #[derive(Debug)]
 struct Delivery {
     order: NewOrder,
     message: jetstream::Message,
+    span: tracing::Span,
 }
 
 /// Inserts the orders in one statement (so one transaction); an order already present is
@@ -90,40 +92,62 @@ pub async fn commit_orders(
 /// Handles one batch end to end. Never fails: every message leaves with a confirmation and an
 /// ack, a dead letter and a term, or a nak that brings it back later.
 pub async fn handle_batch(context: &BatchContext, messages: Vec<jetstream::Message>) {
-    let span = tracing::info_span!(
-        "worker.batch",
+    let batch_span = tracing::info_span!(
+        "orders process batch",
         otel.kind = "consumer",
         messaging.system = "nats",
         messaging.operation.type = "process",
+        messaging.destination.name = "orders",
         messaging.batch.message_count = messages.len(),
     );
-    for message in &messages {
-        if let Some(headers) = message.headers.as_ref() {
-            let parent = telemetry::nats::extract(headers);
-            let span_context = parent.span().span_context().clone();
-            if span_context.is_valid() {
-                span.add_link(span_context);
+    let redelivered = messages.iter().filter(|m| deliveries(m) > 1).count();
+    context.stats.delivered(redelivered as u64);
+
+    let mut decoded = Vec::with_capacity(messages.len());
+    for message in messages {
+        let span = order_span(&message);
+        batch_span.add_link(span.context().span().span_context().clone());
+        match messages::decode::<NewOrder>(&message.payload) {
+            Ok(order) => decoded.push(Delivery {
+                order,
+                message,
+                span,
+            }),
+            Err(error) => {
+                let reason = RejectReason::Malformed(error.to_string());
+                dead_letter(context, &message, reason)
+                    .instrument(span)
+                    .await;
             }
         }
     }
-    handle_batch_inner(context, messages).instrument(span).await;
+    handle_orders(context, decoded).instrument(batch_span).await;
 }
 
-async fn handle_batch_inner(context: &BatchContext, messages: Vec<jetstream::Message>) {
-    let mut deliveries = Vec::with_capacity(messages.len());
-    for message in messages {
-        match messages::decode::<NewOrder>(&message.payload) {
-            Ok(order) => deliveries.push(Delivery { order, message }),
-            Err(error) => {
-                dead_letter(
-                    context,
-                    &message,
-                    RejectReason::Malformed(error.to_string()),
-                )
-                .await;
-            }
-        }
-    }
+/// The consumer span of one delivery: a child of the front's publish span, so the order's one
+/// trace runs from the browser's POST through this worker. Its parent is set before it starts.
+fn order_span(message: &jetstream::Message) -> tracing::Span {
+    let id = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        parent: None,
+        "orders process",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = "orders",
+        messaging.message.id = %id,
+        messaging.message.delivery_count = deliveries(message),
+    );
+    telemetry::nats::set_parent_from(&span, message.headers.as_ref());
+    span
+}
+
+async fn handle_orders(context: &BatchContext, deliveries: Vec<Delivery>) {
     if deliveries.is_empty() {
         return;
     }
@@ -131,18 +155,22 @@ async fn handle_batch_inner(context: &BatchContext, messages: Vec<jetstream::Mes
         Ok(()) => return,
         Err(error) => error,
     };
-    context.stats.batch_failed();
-    match classify(&error) {
+    let failure = classify(&error);
+    context.stats.batch_failed(failure);
+    match failure {
         CommitFailure::Transient => {
             tracing::warn!(%error, orders = deliveries.len(), "batch not committed; retrying later");
             for delivery in &deliveries {
-                retry_later(context, &delivery.message).await;
+                retry_later(context, &delivery.message)
+                    .instrument(delivery.span.clone())
+                    .await;
             }
         }
         CommitFailure::Permanent => {
             tracing::warn!(%error, orders = deliveries.len(), "batch refused; committing its orders one by one");
             for delivery in deliveries {
-                commit_alone(context, delivery).await;
+                let span = delivery.span.clone();
+                commit_alone(context, delivery).instrument(span).await;
             }
         }
     }
@@ -151,20 +179,43 @@ async fn handle_batch_inner(context: &BatchContext, messages: Vec<jetstream::Mes
 /// Commits the deliveries in one transaction, then confirms and acks each.
 async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), DbErr> {
     let orders: Vec<NewOrder> = deliveries.iter().map(|d| d.order.clone()).collect();
+    // One database span for the one transaction, linked to every order it carries; and in each
+    // order's own trace a step for the commit it waited on, linked back to that span.
+    let db_span = tracing::info_span!(
+        "INSERT orders",
+        otel.kind = "client",
+        db.system.name = context.db.get_database_backend().as_str(),
+        db.operation.name = "INSERT",
+        db.collection.name = "orders",
+        db.operation.batch.size = orders.len(),
+    );
+    let db_context = db_span.context().span().span_context().clone();
+    let waits: Vec<tracing::Span> = deliveries
+        .iter()
+        .map(|delivery| {
+            db_span.add_link(delivery.span.context().span().span_context().clone());
+            let wait = tracing::info_span!(
+                parent: &delivery.span,
+                "orders commit",
+                db.operation.batch.size = orders.len()
+            );
+            wait.add_link(db_context.clone());
+            wait
+        })
+        .collect();
+    let started = Instant::now();
+    // Run with no current span: the pool spawns long-lived tasks that would adopt it (and with
+    // it every span above) as parent and keep it from ever closing. `db_span` times the
+    // statement from outside instead.
     let inserted = commit_orders(&context.db, &orders)
-        .instrument(tracing::info_span!(
-            "db.insert orders",
-            otel.kind = "client",
-            db.system.name = context.db.get_database_backend().as_str(),
-            db.operation.name = "INSERT",
-            db.collection.name = "orders",
-            db.operation.batch.size = orders.len(),
-        ))
-        .await?;
+        .instrument(tracing::Span::none())
+        .await;
+    drop((db_span, waits));
+    let inserted = inserted?;
     let fresh = inserted.len() as u64;
     context
         .stats
-        .batch_committed(fresh, deliveries.len() as u64 - fresh);
+        .batch_committed(fresh, deliveries.len() as u64 - fresh, started.elapsed());
     tracing::debug!(
         orders = deliveries.len(),
         inserted = fresh,
@@ -175,12 +226,14 @@ async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), D
             id: delivery.order.id,
             outcome: Outcome::Accepted,
         };
-        reply(context, &delivery.message, &confirmation).await;
+        reply(context, &delivery.message, &confirmation)
+            .instrument(delivery.span.clone())
+            .await;
     }
     for delivery in deliveries {
         if let Err(error) = delivery.message.ack().await {
             // The row is committed; a redelivery will find it and confirm again.
-            tracing::warn!(%error, "ack failed; the order will be redelivered");
+            tracing::warn!(parent: &delivery.span, %error, "ack failed; the order will be redelivered");
         }
     }
     Ok(())
@@ -288,7 +341,7 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
         return;
     }
 
-    context.stats.rejected(1);
+    context.stats.dead_lettered();
     tracing::warn!(order_id = ?id, stream_sequence = sequence, delivered, %reason, "order dead-lettered");
     if let Some(id) = id {
         let confirmation = Confirmation {
@@ -305,7 +358,8 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
     }
 }
 
-/// Sends a confirmation to the inbox the front named, with the trace context of this batch.
+/// Sends a confirmation to the inbox the front named, carrying this order's trace context so
+/// the front's wait links to it.
 async fn reply(context: &BatchContext, message: &jetstream::Message, confirmation: &Confirmation) {
     let Some(inbox) = message
         .headers
@@ -315,17 +369,27 @@ async fn reply(context: &BatchContext, message: &jetstream::Message, confirmatio
         // Replayed from the dead-letter stream, or published by a tool: nobody is waiting.
         return;
     };
-    let mut headers = HeaderMap::new();
-    telemetry::nats::inject_current(&mut headers);
-    if let Err(error) = context
-        .client
-        .publish_with_headers(
-            inbox.as_str().to_owned(),
-            headers,
-            messages::encode(confirmation),
-        )
-        .await
-    {
+    let span = tracing::info_span!(
+        "orders confirm",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+    );
+    let sent = async {
+        let mut headers = HeaderMap::new();
+        telemetry::nats::inject_current(&mut headers);
+        context
+            .client
+            .publish_with_headers(
+                inbox.as_str().to_owned(),
+                headers,
+                messages::encode(confirmation),
+            )
+            .await
+    }
+    .instrument(span)
+    .await;
+    if let Err(error) = sent {
         // The shopper's page falls back to "being saved" and learns the state by a status request.
         tracing::warn!(%error, order_id = %confirmation.id, "confirmation not sent");
     }

@@ -9,9 +9,11 @@ use anyhow::Context as _;
 use async_nats::Client;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use finalprice_shared::config::{Config, WorkerConfig};
-use finalprice_shared::nats;
+use finalprice_shared::{metrics, nats};
 use futures_util::StreamExt;
+use prometheus_client::registry::Registry;
 use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,6 +38,7 @@ pub struct Application {
     /// Bound of one NATS request; a pull may take the idle poll plus two of these.
     request_timeout: Duration,
     stats: Arc<WorkerStats>,
+    metrics: TcpListener,
 }
 
 impl Application {
@@ -55,7 +58,11 @@ impl Application {
             .context("is nats-server running with JetStream enabled?")?;
         nats::ensure_dead_letter_stream(&js, &config.nats).await?;
         let consumer = nats::ensure_workers_consumer(&stream, &config.nats).await?;
+        let metrics = metrics::bind(config.worker.metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.worker.metrics_addr))?;
         Ok(Self {
+            metrics,
             client,
             js,
             db,
@@ -72,9 +79,27 @@ impl Application {
         Arc::clone(&self.stats)
     }
 
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.metrics.local_addr()
+    }
+
     /// Pulls and commits until `shutdown` fires, then drains: batches in hand are committed,
     /// confirmed and acked (bounded by `worker.shutdown_grace`), and the acks flushed.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut registry = Registry::default();
+        self.stats.register(&mut registry);
+        tracing::info!(addr = %self.metrics.local_addr()?, "worker metrics on /metrics");
+        let metrics_task = tokio::spawn(metrics::serve(
+            self.metrics,
+            Arc::new(registry),
+            shutdown.clone(),
+        ));
+        let lag_task = tokio::spawn(watch_consumer(
+            self.consumer.clone(),
+            Arc::clone(&self.stats),
+            shutdown.clone(),
+        ));
         let requests = status::subscribe(&self.client)
             .await
             .context("cannot subscribe to status requests")?;
@@ -153,7 +178,7 @@ impl Application {
         {
             tracing::warn!("shutdown grace ran out; unfinished orders will be redelivered");
         }
-        let _ = status_task.await;
+        let _ = tokio::join!(status_task, metrics_task, lag_task);
         // Acks are buffered publishes: without a flush the last ones may never leave.
         match tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
             Ok(Ok(())) => {}
@@ -162,6 +187,28 @@ impl Application {
         }
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+/// How often the consumer's backlog is read for the lag gauges.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps `consumer_pending` / `consumer_ack_pending` current until `shutdown`.
+async fn watch_consumer(
+    mut consumer: PullConsumer,
+    stats: Arc<WorkerStats>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(LAG_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match consumer.info().await {
+            Ok(info) => stats.consumer_state(info.num_pending, info.num_ack_pending),
+            Err(error) => tracing::debug!(%error, "consumer info unavailable"),
+        }
     }
 }
 

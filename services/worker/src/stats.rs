@@ -1,15 +1,59 @@
-//! Counters of what the worker did, shared lock-free between its tasks.
+//! What the worker did, as Prometheus metrics: read by `/metrics` and by the tests alike.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Monotonic counters; read with [`WorkerStats::snapshot`].
-#[derive(Debug, Default)]
+use finalprice_shared::metrics::duration_buckets;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::CommitFailure;
+
+/// Why a batch was not committed, as a label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum FailureKind {
+    Transient,
+    Permanent,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: FailureKind,
+}
+
+/// The worker's metrics.
+#[derive(Debug)]
 pub struct WorkerStats {
-    batches_committed: AtomicU64,
-    orders_inserted: AtomicU64,
-    orders_already_committed: AtomicU64,
-    orders_rejected: AtomicU64,
-    batches_failed: AtomicU64,
+    batches_committed: Counter,
+    orders_inserted: Counter,
+    orders_already_committed: Counter,
+    orders_dead_lettered: Counter,
+    redeliveries: Counter,
+    batches_failed: Family<FailureLabels, Counter>,
+    batch_size: Histogram,
+    commit_seconds: Histogram,
+    consumer_pending: Gauge,
+    consumer_ack_pending: Gauge,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        Self {
+            batches_committed: Counter::default(),
+            orders_inserted: Counter::default(),
+            orders_already_committed: Counter::default(),
+            orders_dead_lettered: Counter::default(),
+            redeliveries: Counter::default(),
+            batches_failed: Family::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            commit_seconds: Histogram::new(duration_buckets()),
+            consumer_pending: Gauge::default(),
+            consumer_ack_pending: Gauge::default(),
+        }
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -21,36 +65,117 @@ pub struct StatsSnapshot {
     pub orders_inserted: u64,
     /// Deliveries whose row already existed (a redelivery or a second submit).
     pub orders_already_committed: u64,
-    /// Orders that can never be written (malformed or invalid).
+    /// Orders moved to the dead-letter stream.
     pub orders_rejected: u64,
     /// Batches whose transaction failed and were handed back for a later retry.
     pub batches_failed: u64,
+    /// Deliveries that were not the message's first.
+    pub redeliveries: u64,
 }
 
 impl WorkerStats {
-    pub(crate) fn batch_committed(&self, inserted: u64, already: u64) {
-        self.batches_committed.fetch_add(1, Ordering::Relaxed);
-        self.orders_inserted.fetch_add(inserted, Ordering::Relaxed);
-        self.orders_already_committed
-            .fetch_add(already, Ordering::Relaxed);
+    /// Registers every metric under `finalprice_worker_…`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("finalprice_worker");
+        registry.register(
+            "batches_committed",
+            "Transactions committed (one per batch)",
+            self.batches_committed.clone(),
+        );
+        registry.register(
+            "orders_committed",
+            "Rows inserted",
+            self.orders_inserted.clone(),
+        );
+        registry.register(
+            "orders_already_committed",
+            "Deliveries whose row already existed (redelivery or resubmission)",
+            self.orders_already_committed.clone(),
+        );
+        registry.register(
+            "orders_dead_lettered",
+            "Orders moved to ORDERS_DLQ",
+            self.orders_dead_lettered.clone(),
+        );
+        registry.register(
+            "redeliveries",
+            "Deliveries that were not a message's first",
+            self.redeliveries.clone(),
+        );
+        registry.register(
+            "batches_failed",
+            "Batches not committed, by kind of failure",
+            self.batches_failed.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Orders per committed batch",
+            self.batch_size.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Time to commit one batch",
+            self.commit_seconds.clone(),
+        );
+        registry.register(
+            "consumer_pending",
+            "Orders in the stream not yet delivered to any worker (lag)",
+            self.consumer_pending.clone(),
+        );
+        registry.register(
+            "consumer_ack_pending",
+            "Orders delivered to workers and not yet acked",
+            self.consumer_ack_pending.clone(),
+        );
     }
 
-    pub(crate) fn rejected(&self, count: u64) {
-        self.orders_rejected.fetch_add(count, Ordering::Relaxed);
+    pub(crate) fn delivered(&self, redelivered: u64) {
+        self.redeliveries.inc_by(redelivered);
     }
 
-    pub(crate) fn batch_failed(&self) {
-        self.batches_failed.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn batch_committed(&self, inserted: u64, already: u64, took: Duration) {
+        self.batches_committed.inc();
+        self.orders_inserted.inc_by(inserted);
+        self.orders_already_committed.inc_by(already);
+        self.batch_size.observe((inserted + already) as f64);
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.orders_dead_lettered.inc();
+    }
+
+    pub(crate) fn batch_failed(&self, failure: CommitFailure) {
+        let kind = match failure {
+            CommitFailure::Transient => FailureKind::Transient,
+            CommitFailure::Permanent => FailureKind::Permanent,
+        };
+        self.batches_failed
+            .get_or_create(&FailureLabels { kind })
+            .inc();
+    }
+
+    pub(crate) fn consumer_state(&self, pending: u64, ack_pending: usize) {
+        self.consumer_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.consumer_ack_pending
+            .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
+        let failed = |kind| {
+            self.batches_failed
+                .get_or_create(&FailureLabels { kind })
+                .get()
+        };
         StatsSnapshot {
-            batches_committed: self.batches_committed.load(Ordering::Relaxed),
-            orders_inserted: self.orders_inserted.load(Ordering::Relaxed),
-            orders_already_committed: self.orders_already_committed.load(Ordering::Relaxed),
-            orders_rejected: self.orders_rejected.load(Ordering::Relaxed),
-            batches_failed: self.batches_failed.load(Ordering::Relaxed),
+            batches_committed: self.batches_committed.get(),
+            orders_inserted: self.orders_inserted.get(),
+            orders_already_committed: self.orders_already_committed.get(),
+            orders_rejected: self.orders_dead_lettered.get(),
+            batches_failed: failed(FailureKind::Transient) + failed(FailureKind::Permanent),
+            redeliveries: self.redeliveries.get(),
         }
     }
 }

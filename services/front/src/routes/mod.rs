@@ -8,6 +8,7 @@ mod static_files;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use finalprice_shared::config::HttpConfig;
 use finalprice_shared::domain::Country;
@@ -15,9 +16,11 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::http::{self as resp, Body};
 use crate::limits::ClientLimiter;
+use crate::metrics::{FrontMetrics, Route};
 use crate::queue::OrderQueue;
 
 /// What every request handler may use; shared by all connections.
@@ -30,6 +33,7 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// Per-client order rate; `None` when off.
     pub limiter: Option<Arc<ClientLimiter>>,
+    pub metrics: Arc<FrontMetrics>,
 }
 
 impl AppState {
@@ -45,9 +49,41 @@ pub async fn handle(
     peer: IpAddr,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let mut response = route(&state, peer, request).await;
+    let started = Instant::now();
+    let _in_flight = state.metrics.start_request();
+    let route_label = classify(request.method(), request.uri().path());
+    // The server span of the order's trace; attributes per OpenTelemetry's HTTP conventions,
+    // ids only (the path holds at most an order id).
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format_args!("{} {}", request.method(), route_label.template()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route_label.template(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let mut response = route(&state, peer, request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     resp::add_security_headers(response.headers_mut());
+    state
+        .metrics
+        .request_done(route_label, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// The route a request is for, as a bounded metric label.
+fn classify(method: &Method, path: &str) -> Route {
+    match path {
+        "/" => Route::Form,
+        "/orders" if method == Method::POST => Route::CreateOrder,
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        "/metrics" => Route::Metrics,
+        _ if path.starts_with("/orders/") => Route::ShowOrder,
+        _ if path.starts_with("/static/") => Route::Static,
+        _ => Route::Unknown,
+    }
 }
 
 async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
@@ -59,6 +95,9 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
     match (read, path.as_str()) {
         (true, "/healthz") => return health::alive(),
         (true, "/readyz") => return health::ready(state).await,
+        (true, "/metrics") => {
+            return finalprice_shared::metrics::response(state.metrics.registry());
+        }
         _ => {}
     }
     let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
@@ -74,7 +113,7 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
         (true, _, path) if path.starts_with("/static/") => {
             static_files::serve(&path["/static/".len()..])
         }
-        (_, _, "/" | "/healthz" | "/readyz") => not_allowed("GET, HEAD"),
+        (_, _, "/" | "/healthz" | "/readyz" | "/metrics") => not_allowed("GET, HEAD"),
         (_, _, "/orders") => not_allowed("POST"),
         (_, _, path) if path.starts_with("/orders/") || path.starts_with("/static/") => {
             not_allowed("GET, HEAD")

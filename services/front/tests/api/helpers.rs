@@ -28,6 +28,7 @@ pub struct TestApp {
     rows: DatabaseConnection,
     front: Service,
     worker: Option<(Service, Arc<WorkerStats>)>,
+    worker_metrics: Option<std::net::SocketAddr>,
 }
 
 struct Service {
@@ -80,6 +81,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         rows,
         front: Service { stop, task },
         worker: None,
+        worker_metrics: None,
     }
 }
 
@@ -88,9 +90,18 @@ impl TestApp {
     pub async fn start_worker(&mut self) {
         let worker = Worker::build(&self.config).await.expect("worker builds");
         let stats = worker.stats();
+        self.worker_metrics = Some(worker.metrics_addr().expect("metrics bound"));
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run_until_stopped(stop.clone()));
         self.worker = Some((Service { stop, task }, stats));
+    }
+
+    /// The worker's `/metrics` URL.
+    pub fn worker_metrics_url(&self) -> String {
+        format!(
+            "http://{}/metrics",
+            self.worker_metrics.expect("a worker runs")
+        )
     }
 
     /// The running worker's counters.

@@ -4,4 +4,6 @@
 mod faults;
 mod health;
 mod helpers;
+mod metrics;
 mod orders;
+mod tracing;

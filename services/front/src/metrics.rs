@@ -1,0 +1,187 @@
+//! The front's Prometheus metrics, served at `/metrics`: requests by route and status, latency,
+//! the wait for confirmations, requests in flight, publish failures.
+
+use std::time::Duration;
+
+use finalprice_shared::metrics::duration_buckets;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which route answered, as a bounded label (never the raw path).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Route {
+    Form,
+    CreateOrder,
+    ShowOrder,
+    Healthz,
+    Readyz,
+    Metrics,
+    Static,
+    Unknown,
+}
+
+impl Route {
+    /// The route template, for span names (`http.route`).
+    pub fn template(self) -> &'static str {
+        match self {
+            Route::Form => "/",
+            Route::CreateOrder => "/orders",
+            Route::ShowOrder => "/orders/{id}",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::Static => "/static/{file}",
+            Route::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a wait for a worker's confirmation ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum WaitOutcome {
+    Accepted,
+    Pending,
+    Rejected,
+}
+
+/// Why a publish got no PubAck.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum PublishFailure {
+    StreamNotFound,
+    NoAck,
+    BrokenPipe,
+    TooManyInFlight,
+    TooLarge,
+    Expectation,
+    /// The server refused; with `discard: new`, a full stream.
+    Refused,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Route,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Route,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    outcome: WaitOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: PublishFailure,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(duration_buckets())
+}
+
+/// The front's metrics and the registry that serves them.
+#[derive(Debug)]
+pub struct FrontMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RouteLabels, Histogram>,
+    in_flight: Gauge,
+    confirmation_wait_seconds: Family<WaitLabels, Histogram>,
+    publish_failures: Family<FailureLabels, Counter>,
+}
+
+impl Default for FrontMetrics {
+    fn default() -> Self {
+        let requests = Family::default();
+        let request_seconds =
+            Family::<RouteLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
+        let in_flight = Gauge::default();
+        let confirmation_wait_seconds =
+            Family::<WaitLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
+        let publish_failures = Family::default();
+        let mut registry = Registry::with_prefix("finalprice_front");
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_seconds",
+            "Time to answer, by route",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        registry.register(
+            "confirmation_wait_seconds",
+            "From PubAck to the worker's answer (or giving up), by outcome",
+            confirmation_wait_seconds.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Orders that got no PubAck, by reason",
+            publish_failures.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            in_flight,
+            confirmation_wait_seconds,
+            publish_failures,
+        }
+    }
+}
+
+impl FrontMetrics {
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Marks a request as being handled until the guard drops.
+    pub fn start_request(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    pub fn request_done(&self, route: Route, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.request_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn confirmation_waited(&self, outcome: WaitOutcome, took: Duration) {
+        self.confirmation_wait_seconds
+            .get_or_create(&WaitLabels { outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn publish_failed(&self, kind: PublishFailure) {
+        self.publish_failures
+            .get_or_create(&FailureLabels { kind })
+            .inc();
+    }
+}
+
+/// Decrements the in-flight gauge when the request is answered (or dropped).
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,91 @@
+//! `/metrics` on both services moves by the right amounts.
+
+use finalprice_testkit::Backend;
+
+use crate::helpers::spawn_app;
+
+/// The value of the sample named `name` whose labels contain every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_orders_and_batches() {
+    let app = spawn_app(Backend::Sqlite).await;
+    for i in 0..5 {
+        let answer = app
+            .post_form(&format!("name=Anna&phone=8999000000{i}"))
+            .await;
+        assert_eq!(answer.status(), 303);
+    }
+    assert_eq!(app.post_form("name=&phone=1").await.status(), 422);
+
+    let front = app.get("/metrics").await;
+    assert_eq!(front.status(), 200);
+    assert!(
+        front.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .contains("openmetrics")
+    );
+    let front = front.text().await.expect("text");
+    let worker = app
+        .http
+        .get(app.worker_metrics_url())
+        .send()
+        .await
+        .expect("worker /metrics")
+        .text()
+        .await
+        .expect("text");
+
+    let created = "finalprice_front_http_requests_total";
+    assert_eq!(
+        sample(
+            &front,
+            created,
+            &["route=\"CreateOrder\"", "status=\"303\""]
+        ),
+        5.0,
+        "{front}"
+    );
+    assert_eq!(
+        sample(
+            &front,
+            created,
+            &["route=\"CreateOrder\"", "status=\"422\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &front,
+            "finalprice_front_confirmation_wait_seconds_count",
+            &["outcome=\"Accepted\""]
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(&worker, "finalprice_worker_orders_committed_total", &[]),
+        5.0,
+        "{worker}"
+    );
+    let batches = sample(&worker, "finalprice_worker_batches_committed_total", &[]);
+    assert!(
+        (1.0..=5.0).contains(&batches),
+        "{batches} batches for 5 orders"
+    );
+    assert_eq!(
+        sample(&worker, "finalprice_worker_batch_size_sum", &[]),
+        5.0
+    );
+    assert!(
+        worker.contains("finalprice_worker_consumer_pending"),
+        "the lag gauge is exported"
+    );
+    app.stop().await;
+}
