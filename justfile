@@ -31,6 +31,16 @@ dlq: build
 dlq-replay +selection: build
     target/debug/finalprice-worker dlq-replay {{selection}}
 
+# Print the Jaeger URL of the newest order's trace (JAEGER_URL, default http://127.0.0.1:16686)
+traces:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    jaeger="${JAEGER_URL:-http://127.0.0.1:16686}"
+    id="$(curl -fsS "$jaeger/api/traces?service=finalprice-front&operation=POST%20%2Forders&limit=1&lookback=1h" \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(d[0]["traceID"] if d else "")')"
+    if [ -z "$id" ]; then echo "no order trace in Jaeger at $jaeger in the last hour" >&2; exit 1; fi
+    echo "$jaeger/trace/$id"
+
 # Build both services (the test profile: one set of artifacts for `up` and `test`)
 build:
     cargo build --workspace --bins

@@ -1,4 +1,4 @@
-//! DESIGN.md §2 with the real processes: a worker SIGKILLed in the middle of a batch, every
+//! DESIGN.md §2 with the real processes, and their telemetry over the network: a worker SIGKILLed in the middle of a batch, every
 //! worker gone and back, SIGTERM to a front and to a worker under load. Each scenario ends on
 //! the three numbers that must be zero: accepted but not a row at that moment, acknowledged
 //! but never a row, orders stored twice.
@@ -8,6 +8,8 @@ use std::time::Duration;
 use finalprice_testkit::load::{self, Tally, Target, few};
 use finalprice_testkit::{Backend, NatsServer, Service, TestDb, free_port};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+mod otlp;
 
 /// nats-server, a PostgreSQL database, and the settings the processes share.
 struct Stack {
@@ -58,7 +60,12 @@ impl Stack {
     }
 
     async fn worker(&self) -> Service {
-        let worker = Service::start("finalprice-worker", &self.env()).expect("worker starts");
+        self.worker_with(&[]).await
+    }
+
+    async fn worker_with(&self, extra: &[(&'static str, String)]) -> Service {
+        let env = [self.env(), extra.to_vec()].concat();
+        let worker = Service::start("finalprice-worker", &env).expect("worker starts");
         worker
             .wait_for_log("worker pulling orders", Duration::from_secs(20))
             .await
@@ -67,7 +74,12 @@ impl Stack {
     }
 
     async fn front(&self) -> Service {
-        let front = Service::start("finalprice-front", &self.env()).expect("front starts");
+        self.front_with(&[]).await
+    }
+
+    async fn front_with(&self, extra: &[(&'static str, String)]) -> Service {
+        let env = [self.env(), extra.to_vec()].concat();
+        let front = Service::start("finalprice-front", &env).expect("front starts");
         let ready = format!("{}/readyz", self.address);
         for _ in 0..400 {
             if let Ok(answer) = self.http.get(&ready).send().await
@@ -235,4 +247,89 @@ async fn sigterm_to_a_worker_finishes_commits_confirms_and_acks_its_batches() {
 
     let _next = stack.worker().await;
     stack.assert_guarantees(&tally).await;
+}
+
+#[tokio::test]
+async fn both_services_export_one_trace_over_otlp_and_no_personal_data_anywhere() {
+    let receiver = otlp::Receiver::start().await;
+    let stack = Stack::new().await;
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        // Every log line the services can write, for the personal-data check below.
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    let mut worker = stack.worker_with(&otel).await;
+    let mut front = stack.front_with(&otel).await;
+
+    let answer = stack
+        .http
+        .post(format!("{}/orders", stack.address))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=%D0%A2%D0%B0%D0%B9%D0%BD%D0%B0+%D0%9B%D0%B8%D1%87%D0%BD%D0%B0%D1%8F&phone=8+999+555-01-99")
+        .send()
+        .await
+        .expect("answer");
+    // The client follows the 303 to the order's page.
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer
+            .text()
+            .await
+            .expect("page")
+            .contains("Ваш заказ принят")
+    );
+    // SIGTERM flushes the exporters on the way out.
+    for service in [&mut front, &mut worker] {
+        service.terminate().expect("SIGTERM");
+        let exit = service
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .expect("exit");
+        assert!(exit.success(), "{}", service.log());
+    }
+
+    let spans = receiver.spans();
+    let process = spans
+        .iter()
+        .find(|span| span.service == "finalprice-worker" && span.name == "orders process")
+        .unwrap_or_else(|| panic!("no worker span received: {spans:#?}"));
+    let trace: Vec<_> = spans
+        .iter()
+        .filter(|span| span.trace_id == process.trace_id)
+        .collect();
+    for (service, name) in [
+        ("finalprice-front", "POST /orders"),
+        ("finalprice-front", "orders publish"),
+        ("finalprice-worker", "orders commit"),
+        ("finalprice-worker", "orders confirm"),
+        ("finalprice-front", "orders confirmation received"),
+    ] {
+        assert!(
+            trace
+                .iter()
+                .any(|span| span.service == service && span.name == name),
+            "{service} {name} missing from the order's trace: {trace:#?}"
+        );
+    }
+
+    let logs = format!("{}{}", front.log(), worker.log());
+    assert!(
+        logs.contains("order submitted"),
+        "the debug logs were captured"
+    );
+    for secret in ["Тайна", "Личная", "9995550199", "555-01-99"] {
+        assert!(
+            !logs.contains(secret),
+            "a log line carries personal data ({secret})"
+        );
+        for span in &spans {
+            assert!(
+                !span.text.contains(secret),
+                "span {} carries personal data ({secret})",
+                span.name
+            );
+        }
+    }
 }

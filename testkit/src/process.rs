@@ -51,8 +51,8 @@ impl Service {
             }
         }
         command
-            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?);
