@@ -19,6 +19,8 @@ pub use migrations::Migrator;
 /// Opens a pool sized and tuned for the configured backend.
 pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
     let busy_timeout = config.acquire_timeout;
+    let password = finalprice_shared::config::secret("", &config.password_file)
+        .map_err(|error| DbErr::Custom(format!("cannot read db.password_file: {error}")))?;
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(config.max_connections)
@@ -36,6 +38,12 @@ pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
                 .busy_timeout(busy_timeout)
         })
-        .map_sqlx_postgres_opts(|postgres| postgres.application_name("finalprice"));
+        .map_sqlx_postgres_opts(move |postgres| {
+            let postgres = postgres.application_name("finalprice");
+            match &password {
+                Some(password) => postgres.password(password),
+                None => postgres,
+            }
+        });
     Database::connect(options).await
 }

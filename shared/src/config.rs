@@ -48,10 +48,21 @@ pub struct Config {
 }
 
 /// How to reach nats-server and how the order stream is sized.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     pub url: String,
+    /// User and password authentication; the password may come from `password_file`.
+    pub user: String,
+    pub password: String,
+    pub password_file: String,
+    /// Token authentication; the token may come from `token_file`.
+    pub token: String,
+    pub token_file: String,
+    /// An nkey seed file (`SU…`).
+    pub nkey_seed_file: String,
+    /// A `.creds` file (user JWT and nkey seed).
+    pub creds_file: String,
     /// Empty means "the service's own name".
     pub client_name: String,
     #[serde(with = "humantime_serde")]
@@ -69,12 +80,43 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
 }
 
+/// Secrets shown as set or not, never their value.
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("user", &self.user)
+            .field("password", &(!self.password.is_empty()).then_some("***"))
+            .field("password_file", &self.password_file)
+            .field("token", &(!self.token.is_empty()).then_some("***"))
+            .field("token_file", &self.token_file)
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("creds_file", &self.creds_file)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a secret from `value`, or else from the file `file` names (trailing newline dropped).
+pub fn secret(value: &str, file: &str) -> std::io::Result<Option<String>> {
+    if !value.is_empty() {
+        return Ok(Some(value.to_owned()));
+    }
+    if file.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(std::fs::read_to_string(file)?.trim_end().to_owned()))
+}
+
 /// The worker's database.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
     /// May hold a password: never printed whole (see the `Debug` impl).
     pub url: String,
+    /// A file with the password, for a URL without one.
+    pub password_file: String,
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -86,6 +128,7 @@ impl fmt::Debug for DbConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DbConfig")
             .field("url", &redact_url_password(&self.url))
+            .field("password_file", &self.password_file)
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
@@ -103,6 +146,10 @@ pub struct HttpConfig {
     #[serde(with = "humantime_serde")]
     pub status_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Request line and headers; hyper's floor is 8192.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
     pub max_in_flight: usize,
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -240,6 +287,15 @@ impl Config {
                 "http.max_body_bytes",
                 "must be at least 256 bytes (a filled form is about 200)",
             ));
+        }
+        if self.http.max_header_bytes < 8192 {
+            return Err(invalid("http.max_header_bytes", "must be at least 8192"));
+        }
+        if self.http.max_headers < 8 {
+            return Err(invalid("http.max_headers", "must be at least 8"));
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
         }
         if self.http.max_in_flight == 0 {
             return Err(invalid("http.max_in_flight", "must be at least 1"));

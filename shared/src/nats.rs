@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{Client, ConnectOptions};
 
-use crate::config::NatsConfig;
+use crate::config::{NatsConfig, secret};
 
 /// `nats/stream-orders.json`: the work-queue stream of orders.
 pub const ORDERS_STREAM_JSON: &str = include_str!("../../nats/stream-orders.json");
@@ -25,6 +25,8 @@ pub enum SetupError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("cannot read the NATS credentials")]
+    Credentials(#[source] std::io::Error),
     #[error("cannot connect to nats-server at {url}")]
     Connect {
         url: String,
@@ -99,7 +101,27 @@ pub async fn connect(config: &NatsConfig, default_name: &str) -> Result<Client, 
     } else {
         &config.client_name
     };
-    ConnectOptions::new()
+    let mut options = ConnectOptions::new();
+    if !config.creds_file.is_empty() {
+        options = ConnectOptions::with_credentials_file(&config.creds_file)
+            .await
+            .map_err(SetupError::Credentials)?;
+    } else if !config.nkey_seed_file.is_empty() {
+        let seed =
+            std::fs::read_to_string(&config.nkey_seed_file).map_err(SetupError::Credentials)?;
+        options = ConnectOptions::with_nkey(seed.trim().to_owned());
+    }
+    if let Some(password) =
+        secret(&config.password, &config.password_file).map_err(SetupError::Credentials)?
+    {
+        options = options.user_and_password(config.user.clone(), password);
+    }
+    if let Some(token) =
+        secret(&config.token, &config.token_file).map_err(SetupError::Credentials)?
+    {
+        options = options.token(token);
+    }
+    options
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)

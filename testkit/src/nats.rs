@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use tempfile::TempDir;
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server.conf");
+const AUTH_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server-auth.conf");
 
 /// A running nats-server; killed when dropped.
 #[derive(Debug)]
@@ -17,16 +18,28 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: TempDir,
     port: u16,
+    /// `nats/nats-server-auth.conf`'s user and password, when started with them.
+    credentials: Option<(String, String)>,
 }
 
 impl NatsServer {
     /// Starts a fresh server on a free port.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Starts a fresh server with `nats/nats-server-auth.conf`: clients must log in.
+    pub fn start_with_user(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_inner(credentials: Option<(String, String)>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("fp-nats-").tempdir()?;
         let mut server = Self {
             child: None,
             dir,
             port: 0,
+            credentials,
         };
         server.spawn()?;
         Ok(server)
@@ -63,9 +76,20 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let child = Command::new(binary()?)
-            .arg("-c")
-            .arg(CONFIG)
+        let mut command = Command::new(binary()?);
+        match &self.credentials {
+            Some((user, password)) => {
+                command
+                    .arg("-c")
+                    .arg(AUTH_CONFIG)
+                    .env("NATS_USER", user)
+                    .env("NATS_PASSWORD", password);
+            }
+            None => {
+                command.arg("-c").arg(CONFIG);
+            }
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &port, "-m", "0", "-sd"])
             .arg(&store)
             .arg("--ports_file_dir")

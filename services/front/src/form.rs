@@ -138,6 +138,41 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The fuzz target of the front's input handling: any body, as a form or as JSON,
+        /// decodes or is refused without a panic, and every order it yields round-trips
+        /// (its values parse again to themselves). `PROPTEST_CASES=10000000` for a long run.
+        #[test]
+        fn any_body_is_decoded_or_refused_and_what_is_accepted_round_trips(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            name in "\\PC{0,40}",
+            phone in "[0-9 ()+.-]{0,20}",
+        ) {
+            let mut forms: Vec<OrderForm> = Vec::new();
+            if let Ok(form) = serde_urlencoded::from_bytes::<OrderForm>(&body) {
+                forms.push(form);
+            }
+            if let Ok(form) = serde_json::from_slice::<OrderForm>(&body) {
+                forms.push(form);
+            }
+            forms.push(form(&name, &phone, None));
+            for form in forms {
+                if let Ok(order) = form.parse(Country::Russia) {
+                    let again = OrderForm {
+                        name: order.name.as_ref().to_owned(),
+                        phone: order.phone.as_ref().to_owned(),
+                        key: Some(order.id.to_string()),
+                    }
+                    .parse(Country::Russia)
+                    .expect("an accepted order parses again");
+                    proptest::prop_assert_eq!(&again.name, &order.name);
+                    proptest::prop_assert_eq!(&again.phone, &order.phone);
+                    proptest::prop_assert_eq!(again.id, order.id);
+                }
+            }
+        }
+    }
+
     #[test]
     fn debug_shows_no_personal_data() {
         let shown = format!("{:?}", form("Анна", "89991234567", None));

@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::inbox::Inbox;
@@ -91,9 +91,14 @@ impl Application {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(state.http.header_read_timeout)
+            .max_buf_size(state.http.max_header_bytes)
+            .max_headers(state.http.max_headers)
             .keep_alive(true);
+        // A permit per connection, taken before accepting: past the cap, new connections wait
+        // in the listen backlog while those held are served.
+        let connections = Arc::new(Semaphore::new(state.http.max_connections));
         tracing::info!(addr = %listener.local_addr()?, "front listening");
-        let serve = |socket: TcpStream, peer: SocketAddr| {
+        let serve = |socket: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
             let _ = socket.set_nodelay(true);
             let state = Arc::clone(&state);
             let service = service_fn(move |request| {
@@ -106,13 +111,18 @@ impl Application {
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, "connection ended with an error");
                 }
+                drop(permit);
             });
         };
         loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&connections).acquire_owned() => permit?,
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((socket, peer)) => serve(socket, peer),
+                    Ok((socket, peer)) => serve(socket, peer, permit),
                     Err(error) => {
                         // Out of file descriptors and the like: wait instead of spinning.
                         tracing::warn!(%error, "accept failed");
@@ -123,8 +133,10 @@ impl Application {
         }
         // Connections the kernel already completed are clients that sent their request: serve
         // them rather than reset them when the socket closes.
-        while let Some(Ok((socket, peer))) = listener.accept().now_or_never() {
-            serve(socket, peer);
+        while let Ok(permit) = Arc::clone(&connections).try_acquire_owned()
+            && let Some(Ok((socket, peer))) = listener.accept().now_or_never()
+        {
+            serve(socket, peer, permit);
         }
         // Then close the socket: with SO_REUSEPORT, new connections go to the other fronts.
         drop(listener);

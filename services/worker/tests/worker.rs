@@ -206,3 +206,34 @@ fn a_bad_setting_stops_the_worker_with_its_name() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("worker.batch_size"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_database_password_can_come_from_a_file() {
+    let db = TestDb::empty(Backend::Postgres).await.expect("database");
+    // postgres://user:password@host/db → postgres://user@host/db, password in a file.
+    let (scheme_user, rest) = db
+        .url()
+        .split_once(':')
+        .and_then(|(scheme, rest)| {
+            let (user, after) = rest.trim_start_matches("//").split_once(':')?;
+            Some((format!("{scheme}://{user}"), after.to_owned()))
+        })
+        .expect("a URL with a password");
+    let (password, host_db) = rest.split_once('@').expect("user:password@host");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pgpassword");
+    std::fs::write(&file, format!("{password}\n")).expect("write the secret");
+
+    let output = worker_binary()
+        .arg("migrate")
+        .env("DATABASE_URL", format!("{scheme_user}@{host_db}"))
+        .env("FINALPRICE_DB__PASSWORD_FILE", &file)
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("finalprice-worker runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

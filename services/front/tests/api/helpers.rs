@@ -57,8 +57,21 @@ pub async fn spawn_app_without_worker(backend: Backend) -> TestApp {
 
 /// A front alone, with settings changed by `adjust` (start a worker with `start_worker`).
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(
+        NatsServer::start().expect("nats-server starts"),
+        backend,
+        adjust,
+    )
+    .await
+}
+
+/// A front alone on the given nats-server.
+pub async fn spawn_app_on(
+    nats: NatsServer,
+    backend: Backend,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
     finalprice_shared::telemetry::init_for_tests();
-    let nats = NatsServer::start().expect("nats-server starts");
     let db = TestDb::new(backend).await.expect("test database");
     let mut config = finalprice_testkit::config(&nats, &db);
     adjust(&mut config);

@@ -4,6 +4,7 @@
 mod faults;
 mod health;
 mod helpers;
+mod hostile;
 mod metrics;
 mod orders;
 mod tracing;
