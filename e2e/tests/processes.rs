@@ -92,6 +92,30 @@ impl Stack {
         panic!("front not ready:\n{}", front.log());
     }
 
+    /// Runs `finalprice-worker <args>` (an operator's command) and returns what it printed.
+    fn admin(&self, args: &[&str]) -> String {
+        let mut command = std::process::Command::new(
+            finalprice_testkit::binary("finalprice-worker").expect("built"),
+        );
+        for (key, _) in std::env::vars() {
+            if key.starts_with("FINALPRICE_") || key.starts_with("OTEL_") {
+                command.env_remove(key);
+            }
+        }
+        let output = command
+            .args(args)
+            .env("NATS_URL", self.nats.url())
+            .env("DATABASE_URL", &self.db_url)
+            .output()
+            .expect("finalprice-worker runs");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8 output")
+    }
+
     fn target(&self) -> Target<'_> {
         Target {
             base_url: &self.address,
@@ -332,4 +356,112 @@ async fn both_services_export_one_trace_over_otlp_and_no_personal_data_anywhere(
             );
         }
     }
+}
+
+#[tokio::test]
+async fn status_and_export_tell_the_truth_about_a_live_stack() {
+    let stack = Stack::new().await;
+    let _front = stack.front().await;
+    let waiting = stack.burst(3, 3, 9_800_000_000).await;
+    assert_eq!(waiting.pending.len(), 3, "no worker yet: {waiting:?}");
+
+    let before = stack.admin(&["status"]);
+    assert!(before.contains("queue ORDERS:        3 orders"), "{before}");
+    assert!(before.contains("none yet"), "{before}");
+    assert!(before.contains("1 front(s), 0 worker(s)"), "{before}");
+
+    let _worker = stack.worker().await;
+    stack.assert_guarantees(&waiting).await;
+    let after = stack.admin(&["status"]);
+    assert!(after.contains("queue ORDERS:        0 orders"), "{after}");
+    assert!(after.contains("pending 0 (lag), ack pending 0"), "{after}");
+    assert!(after.contains("dead letters:        0"), "{after}");
+    assert!(after.contains("1 front(s), 1 worker(s)"), "{after}");
+
+    let csv = stack.admin(&["export"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "id,name,phone,created_at");
+    assert_eq!(lines.len(), 4, "{csv}");
+    for id in &waiting.pending {
+        assert!(csv.contains(&id.to_string()), "{id} missing: {csv}");
+    }
+    for phone in 9_800_000_000u64..9_800_000_003 {
+        assert!(
+            csv.contains(&format!(",+7{phone},")),
+            "phone {phone} missing: {csv}"
+        );
+    }
+}
+
+/// The workspace root, where the justfile and compose.yaml live.
+fn repository() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ sits in the repository")
+        .to_path_buf()
+}
+
+#[test]
+fn every_operator_recipe_is_listed_with_its_help_line() {
+    let root = repository();
+    let output = std::process::Command::new("just")
+        .arg("--justfile")
+        .arg(root.join("justfile"))
+        .arg("--list")
+        .output()
+        .expect("just is installed (./just installs it)");
+    let list = String::from_utf8(output.stdout).expect("UTF-8");
+    for recipe in [
+        "up",
+        "down",
+        "test",
+        "migrate",
+        "status",
+        "scale",
+        "logs",
+        "dlq",
+        "dlq-replay",
+        "export",
+        "traces",
+        "lint",
+        "dc-up",
+        "dc-down",
+        "dc-logs",
+        "dc-status",
+        "dc-lint",
+    ] {
+        let line = list
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(recipe))
+            .unwrap_or_else(|| panic!("no recipe {recipe} in:\n{list}"));
+        assert!(line.contains("# "), "{recipe} has no help line: {line}");
+    }
+}
+
+#[test]
+fn docker_compose_accepts_compose_yaml() {
+    let output = std::process::Command::new("docker-compose")
+        .current_dir(repository())
+        .args(["-f", "compose.yaml", "config", "-q"])
+        .env("NATS_PASSWORD", "test")
+        .env("POSTGRES_PASSWORD", "test")
+        .output()
+        .expect("docker-compose is installed (.ci/run installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let unset = std::process::Command::new("docker-compose")
+        .current_dir(repository())
+        .args(["-f", "compose.yaml", "config", "-q"])
+        .env_remove("NATS_PASSWORD")
+        .env_remove("POSTGRES_PASSWORD")
+        .output()
+        .expect("docker-compose runs");
+    assert!(
+        !unset.status.success(),
+        "secrets are required, never defaulted"
+    );
 }

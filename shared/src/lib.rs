@@ -7,6 +7,7 @@
 //! - [`metrics`]: Prometheus text for `/metrics`, and the worker's metrics listener.
 //! - [`nats`]: connecting, and the stream and consumer definitions of `nats/`.
 //! - [`telemetry`]: logs, OTLP spans, and trace context in NATS headers.
+//! - [`presence`]: who is alive (every process answers pings; `status` counts them).
 //! - [`shutdown`]: the SIGTERM / Ctrl-C signal both services stop on.
 
 pub mod config;
@@ -14,5 +15,6 @@ pub mod domain;
 pub mod messages;
 pub mod metrics;
 pub mod nats;
+pub mod presence;
 pub mod shutdown;
 pub mod telemetry;

@@ -31,6 +31,20 @@ pub const STATUS_SUBJECT: &str = "finalprice.status";
 /// The queue group every worker joins for status requests, so one of them answers each.
 pub const STATUS_QUEUE_GROUP: &str = "finalprice-workers";
 
+/// Every running front and worker answers here (no queue group), so `status` can count them.
+pub const PING_SUBJECT: &str = "finalprice.ping";
+
+/// What a running service says about itself when pinged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// `finalprice-front` or `finalprice-worker`.
+    pub service: String,
+    /// This process's id, fresh at each start.
+    pub instance: Uuid,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+}
+
 /// One subject per order, so that "is it still queued?" is a direct get by subject.
 pub fn order_subject(id: Uuid) -> String {
     format!("orders.{id}")

@@ -95,9 +95,14 @@ pub fn init(service_name: &'static str, log: &LogConfig) -> Result<TelemetryGuar
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    // Logs go to stderr: stdout is for what a command prints (`export`'s CSV, `status`).
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match log.format {
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(false)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use finalprice_shared::config::{Config, NatsConfig};
-use finalprice_shared::nats;
+use finalprice_shared::{nats, presence};
 use futures_util::FutureExt as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -98,6 +98,11 @@ impl Application {
         // in the listen backlog while those held are served.
         let connections = Arc::new(Semaphore::new(state.http.max_connections));
         tracing::info!(addr = %listener.local_addr()?, "front listening");
+        let pings = tokio::spawn(presence::answer_pings(
+            state.queue.client().clone(),
+            presence::this_process("finalprice-front"),
+            shutdown.clone(),
+        ));
         let serve = |socket: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
             let _ = socket.set_nodelay(true);
             let state = Arc::clone(&state);
@@ -147,6 +152,7 @@ impl Application {
         {
             tracing::warn!("shutdown grace ran out with requests still open");
         }
+        let _ = pings.await;
         let client = state.queue.client().clone();
         if let Err(error) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
             tracing::debug!(%error, "final flush timed out");

@@ -8,12 +8,15 @@
 //!   beyond the messages, so tests drive it directly.
 //! - [`dead_letters`]: list and replay the dead-letter stream (`just dlq`, `just dlq-replay`).
 //! - [`error`]: a failed commit → retry later, or suspect the orders.
+//! - [`report`], [`export`]: `status` and `export` for operators.
 //! - [`status`]: answers "what became of order X?" for the fronts.
 //! - [`stats`]: counters the tests and (later) `/metrics` read.
 
 pub mod dead_letters;
 pub mod error;
+pub mod export;
 pub mod process;
+pub mod report;
 pub mod startup;
 pub mod stats;
 pub mod status;

@@ -7,12 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use finalprice_shared::config::Config;
 use finalprice_shared::{shutdown, telemetry};
-use finalprice_worker::{Application, dead_letters};
+use finalprice_worker::{Application, dead_letters, export, report};
 use sea_orm_migration::MigratorTrait as _;
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str =
-    "usage: finalprice-worker [run | migrate | dlq-list | dlq-replay (--all | SEQUENCE…)]";
+const USAGE: &str = "usage: finalprice-worker [run | migrate | status | export | dlq-list | dlq-replay (--all | SEQUENCE…)]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,6 +40,8 @@ fn main() -> ExitCode {
         let result = match args.first().map(String::as_str) {
             None | Some("run") => run(&config).await,
             Some("migrate") => migrate(&config).await,
+            Some("status") => status(&config).await,
+            Some("export") => export(&config).await,
             Some("dlq-list") => dlq_list(&config).await,
             Some("dlq-replay") => dlq_replay(&config, &args[1..]).await,
             Some(other) => Err(anyhow::anyhow!("unknown command `{other}`; {USAGE}")),
@@ -92,5 +93,23 @@ async fn dlq_replay(config: &Config, args: &[String]) -> anyhow::Result<()> {
         "replayed {} dead letter(s): {replayed:?}",
         replayed.len()
     )?;
+    Ok(())
+}
+
+async fn status(config: &Config) -> anyhow::Result<()> {
+    let report = report::read(&config.nats).await?;
+    std::io::stdout()
+        .lock()
+        .write_all(report.render().as_bytes())?;
+    Ok(())
+}
+
+async fn export(config: &Config) -> anyhow::Result<()> {
+    let db = finalprice_db::connect(&config.db)
+        .await
+        .context("cannot open the database")?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let count = export::write_csv(&db, &mut out).await?;
+    tracing::info!(orders = count, "export finished");
     Ok(())
 }

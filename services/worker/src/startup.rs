@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use async_nats::Client;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use finalprice_shared::config::{Config, WorkerConfig};
-use finalprice_shared::{metrics, nats};
+use finalprice_shared::{metrics, nats, presence};
 use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
 use sea_orm::DatabaseConnection;
@@ -100,6 +100,11 @@ impl Application {
             Arc::clone(&self.stats),
             shutdown.clone(),
         ));
+        let pings = tokio::spawn(presence::answer_pings(
+            self.client.clone(),
+            presence::this_process("finalprice-worker"),
+            shutdown.clone(),
+        ));
         let requests = status::subscribe(&self.client)
             .await
             .context("cannot subscribe to status requests")?;
@@ -178,7 +183,7 @@ impl Application {
         {
             tracing::warn!("shutdown grace ran out; unfinished orders will be redelivered");
         }
-        let _ = tokio::join!(status_task, metrics_task, lag_task);
+        let _ = tokio::join!(status_task, metrics_task, lag_task, pings);
         // Acks are buffered publishes: without a flush the last ones may never leave.
         match tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
             Ok(Ok(())) => {}

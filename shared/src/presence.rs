@@ -1,0 +1,71 @@
+//! Who is alive: every front and worker answers pings on [`PING_SUBJECT`] with its
+//! [`Presence`], which `finalprice-worker status` collects.
+
+use std::time::Duration;
+
+use async_nats::Client;
+use chrono::Utc;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::messages::{self, PING_SUBJECT, Presence};
+
+/// This process's presence, made once at start.
+pub fn this_process(service: &str) -> Presence {
+    Presence {
+        service: service.to_owned(),
+        instance: Uuid::now_v7(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: Utc::now(),
+    }
+}
+
+/// Answers pings until `shutdown`. Subscribe errors are logged, never fatal: presence is for
+/// operators, not for orders.
+pub async fn answer_pings(client: Client, presence: Presence, shutdown: CancellationToken) {
+    let mut pings = match client.subscribe(PING_SUBJECT).await {
+        Ok(pings) => pings,
+        Err(error) => {
+            tracing::warn!(%error, "cannot answer pings; this process will not show in status");
+            return;
+        }
+    };
+    let answer = messages::encode(&presence);
+    loop {
+        let ping = tokio::select! {
+            () = shutdown.cancelled() => break,
+            ping = pings.next() => match ping {
+                Some(ping) => ping,
+                None => break,
+            },
+        };
+        if let Some(reply) = ping.reply
+            && let Err(error) = client.publish(reply, answer.clone()).await
+        {
+            tracing::debug!(%error, "ping answer not sent");
+        }
+    }
+    let _ = pings.unsubscribe().await;
+}
+
+/// Pings every front and worker and collects the answers that arrive within `window`.
+pub async fn collect(
+    client: &Client,
+    window: Duration,
+) -> Result<Vec<Presence>, async_nats::Error> {
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(PING_SUBJECT, inbox, bytes::Bytes::new())
+        .await?;
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        if let Ok(presence) = messages::decode::<Presence>(&answer.payload) {
+            found.push(presence);
+        }
+    }
+    found.sort_by(|a, b| (&a.service, a.started_at).cmp(&(&b.service, b.started_at)));
+    Ok(found)
+}
