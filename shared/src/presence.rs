@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::Client;
+use async_nats::{Client, Subscriber};
 use chrono::Utc;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -21,16 +21,19 @@ pub fn this_process(service: &str) -> Presence {
     }
 }
 
-/// Answers pings until `shutdown`. Subscribe errors are logged, never fatal: presence is for
-/// operators, not for orders.
-pub async fn answer_pings(client: Client, presence: Presence, shutdown: CancellationToken) {
-    let mut pings = match client.subscribe(PING_SUBJECT).await {
-        Ok(pings) => pings,
-        Err(error) => {
-            tracing::warn!(%error, "cannot answer pings; this process will not show in status");
-            return;
-        }
-    };
+/// Subscribes to pings; do it before announcing readiness, so a `status` right after start
+/// already sees this process.
+pub async fn subscribe(client: &Client) -> Result<Subscriber, async_nats::SubscribeError> {
+    client.subscribe(PING_SUBJECT).await
+}
+
+/// Answers pings until `shutdown`.
+pub async fn answer_pings(
+    client: Client,
+    mut pings: Subscriber,
+    presence: Presence,
+    shutdown: CancellationToken,
+) {
     let answer = messages::encode(&presence);
     loop {
         let ping = tokio::select! {

@@ -31,6 +31,8 @@ use crate::routes::{self, AppState};
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    /// Subscribed in `build`, so `status` sees the front as soon as it serves.
+    pings: async_nats::Subscriber,
 }
 
 impl Application {
@@ -39,6 +41,10 @@ impl Application {
     /// so a socket sharing the port (SO_REUSEPORT) never receives connections it cannot serve.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let client = nats::connect(&config.nats, "finalprice-front").await?;
+        // Before the stream check below, whose round trip then covers it (see the worker).
+        let pings = presence::subscribe(&client)
+            .await
+            .context("cannot subscribe to pings")?;
         let js = nats::jetstream(client.clone(), &config.nats);
         let stream_name = nats::orders_stream_config(&config.nats)?.name;
         if let Err(error) = nats::ensure_orders_stream(&js, &config.nats).await {
@@ -74,7 +80,11 @@ impl Application {
         });
         let listener = bind(config.http.addr)
             .with_context(|| format!("cannot listen on {}", config.http.addr))?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            pings,
+        })
     }
 
     /// The bound address (port 0 in the configuration becomes a real port here).
@@ -85,7 +95,11 @@ impl Application {
     /// Serves until `shutdown` fires; then closes the listener at once and waits for the
     /// connections in flight to finish their current request.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            state,
+            pings,
+        } = self;
         let graceful = GracefulShutdown::new();
         let mut builder = http1::Builder::new();
         builder
@@ -100,6 +114,7 @@ impl Application {
         tracing::info!(addr = %listener.local_addr()?, "front listening");
         let pings = tokio::spawn(presence::answer_pings(
             state.queue.client().clone(),
+            pings,
             presence::this_process("finalprice-front"),
             shutdown.clone(),
         ));

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::Client;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use async_nats::{Client, Subscriber};
 use finalprice_shared::config::{Config, WorkerConfig};
 use finalprice_shared::{metrics, nats, presence};
 use futures_util::StreamExt;
@@ -39,6 +39,10 @@ pub struct Application {
     request_timeout: Duration,
     stats: Arc<WorkerStats>,
     metrics: TcpListener,
+    /// Subscribed in `build`, before its JetStream round trips: a built worker already
+    /// answers status requests and pings.
+    status_requests: Subscriber,
+    pings: Subscriber,
 }
 
 impl Application {
@@ -52,6 +56,15 @@ impl Application {
             )
         })?;
         let client = nats::connect(&config.nats, "finalprice-worker").await?;
+        // Subscribed first: the JetStream calls below are round trips on the same connection,
+        // and nats-server handles a connection's messages in order, so once they return it
+        // routes status requests and pings here. (`flush` only writes the socket.)
+        let status_requests = status::subscribe(&client)
+            .await
+            .context("cannot subscribe to status requests")?;
+        let pings = presence::subscribe(&client)
+            .await
+            .context("cannot subscribe to pings")?;
         let js = nats::jetstream(client.clone(), &config.nats);
         let stream = nats::ensure_orders_stream(&js, &config.nats)
             .await
@@ -63,6 +76,8 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", config.worker.metrics_addr))?;
         Ok(Self {
             metrics,
+            status_requests,
+            pings,
             client,
             js,
             db,
@@ -102,15 +117,13 @@ impl Application {
         ));
         let pings = tokio::spawn(presence::answer_pings(
             self.client.clone(),
+            self.pings,
             presence::this_process("finalprice-worker"),
             shutdown.clone(),
         ));
-        let requests = status::subscribe(&self.client)
-            .await
-            .context("cannot subscribe to status requests")?;
         let status_task = tokio::spawn(status::serve(
             self.client.clone(),
-            requests,
+            self.status_requests,
             self.db.clone(),
             self.stream.clone(),
             shutdown.clone(),

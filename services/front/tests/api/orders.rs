@@ -297,8 +297,16 @@ async fn bodies_that_are_not_a_form_get_415_or_413() {
 #[tokio::test]
 async fn an_unknown_order_is_404() {
     let app = spawn_app(Backend::Sqlite).await;
+    let started = std::time::Instant::now();
     let unknown = app.get(&format!("/orders/{}", Uuid::now_v7())).await;
-    assert_eq!(unknown.status(), 404);
+    let status = unknown.status();
+    assert_eq!(
+        status,
+        404,
+        "after {:?}: {}",
+        started.elapsed(),
+        unknown.text().await.unwrap_or_default()
+    );
     assert_eq!(app.get("/orders/not-a-uuid").await.status(), 404);
     app.stop().await;
 }
