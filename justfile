@@ -42,6 +42,20 @@ status: build
 export: build
     @target/debug/finalprice-worker export
 
+# Like `up`, with release builds: the stack to measure with `just load`
+up-release:
+    cargo build --release --workspace --bins
+    BIN_DIR=target/release NATS_SERVER_BIN="{{nats_server}}" scripts/up
+
+# Load a running stack and report orders/s, latency, errors, and a database check; e.g. `just load --connections 256 --seconds 30` (picture: target/load-report.svg)
+load *args:
+    cargo build --release -p finalprice-bench --bin finalprice-load
+    target/release/finalprice-load {{args}}
+
+# Criterion benchmarks of the hot paths: form validation, wire messages, batch building
+bench:
+    cargo bench -p finalprice-bench --bench hot_paths
+
 # Run the whole test suite against a real nats-server, PostgreSQL and SQLite
 test:
     NATS_SERVER_BIN="{{nats_server}}" scripts/test

@@ -465,3 +465,52 @@ fn docker_compose_accepts_compose_yaml() {
         "secrets are required, never defaulted"
     );
 }
+
+#[tokio::test]
+async fn the_load_tool_reports_truthfully_on_a_small_run() {
+    let stack = Stack::new().await;
+    let _worker = stack.worker().await;
+    let _front = stack.front().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("load-report.svg");
+
+    let output =
+        std::process::Command::new(finalprice_testkit::binary("finalprice-load").expect("built"))
+            .args([
+                "--url",
+                &stack.address,
+                "--connections",
+                "16",
+                "--requests",
+                "300",
+            ])
+            .args(["--report", report.to_str().expect("UTF-8 path")])
+            .env("DATABASE_URL", &stack.db_url)
+            .output()
+            .expect("finalprice-load runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("300 JSON posts over 16 connections"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 confirmed but missing (must be 0)"),
+        "{text}"
+    );
+    assert!(text.contains("latency ms: p50"), "{text}");
+    let confirmed_rows = text
+        .split("database: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("a database line");
+    assert!(confirmed_rows > 0, "{text}");
+    let svg = std::fs::read_to_string(&report).expect("the picture was written");
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}

@@ -1,0 +1,4 @@
+//! FinalPrice's measurement tools: `finalprice-load` (src/main.rs, `just load`) drives a running
+//! stack; `benches/hot_paths.rs` (`just bench`) times the hot paths in isolation.
+
+pub mod report;

@@ -1,0 +1,211 @@
+//! `finalprice-load` (`just load`): drives a running FinalPrice with order posts over keep-alive
+//! connections, then reports confirmed orders per second, outcomes, latency percentiles, checks
+//! the database for every confirmed order, and draws the run as an SVG.
+//!
+//! Usage: `finalprice-load [--url http://127.0.0.1:8080] [--connections 256] [--seconds 30 |
+//! --requests N] [--form] [--report target/load-report.svg]`; `DATABASE_URL` names the database
+//! to check (unset: no check).
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use finalprice_bench::report::{
+    Outcome, Run, check_database, latency_histogram, render_svg, render_text,
+};
+use hdrhistogram::Histogram;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+struct Args {
+    url: String,
+    connections: usize,
+    seconds: Option<u64>,
+    requests: Option<u64>,
+    form: bool,
+    report: String,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        url: "http://127.0.0.1:8080".into(),
+        connections: 256,
+        seconds: None,
+        requests: None,
+        form: false,
+        report: "target/load-report.svg".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--url" => args.url = value()?,
+            "--connections" => args.connections = value()?.parse()?,
+            "--seconds" => args.seconds = Some(value()?.parse()?),
+            "--requests" => args.requests = Some(value()?.parse()?),
+            "--form" => args.form = true,
+            "--report" => args.report = value()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if args.seconds.is_none() && args.requests.is_none() {
+        args.seconds = Some(30);
+    }
+    Ok(args)
+}
+
+/// What one connection saw.
+struct Lane {
+    latency: Histogram<u64>,
+    outcomes: Vec<(Uuid, Outcome)>,
+    /// Confirmed orders per second since the start.
+    confirmed_per_second: Vec<u64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let authority = args
+        .url
+        .strip_prefix("http://")
+        .context("--url must be http://host:port")?
+        .trim_end_matches('/')
+        .to_owned();
+    let started = Instant::now();
+    let deadline = args.seconds.map(|s| started + Duration::from_secs(s));
+    let issued = Arc::new(AtomicU64::new(0));
+    // A distinct phone per order, so the database check can find duplicates by phone.
+    let run_base: u64 =
+        9_000_000_000 + u64::from(started.elapsed().subsec_nanos() % 900) * 1_000_000;
+
+    let mut lanes = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let (authority, issued, args) = (authority.clone(), Arc::clone(&issued), args.clone());
+        lanes.push(tokio::spawn(async move {
+            lane(&authority, &args, deadline, &issued, run_base, started).await
+        }));
+    }
+    let mut run = Run::new(args.connections, args.form);
+    for lane in lanes {
+        match lane.await? {
+            Ok(lane) => {
+                run.latency.add(&lane.latency)?;
+                run.outcomes.extend(lane.outcomes);
+                for (second, count) in lane.confirmed_per_second.into_iter().enumerate() {
+                    *run.confirmed_per_second.entry(second).or_default() += count;
+                }
+            }
+            Err(error) => {
+                *run.errors
+                    .entry(format!("connection: {error:#}"))
+                    .or_default() += 1
+            }
+        }
+    }
+    run.elapsed = started.elapsed();
+
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        run.database = Some(check_database(&url, &run.outcomes).await?);
+    }
+    std::fs::write(&args.report, render_svg(&run))
+        .with_context(|| format!("writing {}", args.report))?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", render_text(&run))?;
+    writeln!(out, "report: {}", args.report)?;
+    Ok(())
+}
+
+/// One keep-alive connection posting orders back to back until the run ends.
+async fn lane(
+    authority: &str,
+    args: &Args,
+    deadline: Option<Instant>,
+    issued: &AtomicU64,
+    run_base: u64,
+    started: Instant,
+) -> anyhow::Result<Lane> {
+    let mut lane = Lane {
+        latency: latency_histogram(),
+        outcomes: Vec::new(),
+        confirmed_per_second: Vec::new(),
+    };
+    let mut sender = connect(authority).await?;
+    loop {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            break;
+        }
+        let n = issued.fetch_add(1, Ordering::Relaxed);
+        if args.requests.is_some_and(|total| n >= total) {
+            break;
+        }
+        let key = Uuid::now_v7();
+        let phone = format!("+7{}", run_base + n);
+        let (content_type, body, accept) = if args.form {
+            (
+                "application/x-www-form-urlencoded",
+                format!("name=Load+Test&phone=%2B{}&key={key}", &phone[1..]),
+                "text/html",
+            )
+        } else {
+            (
+                "application/json",
+                format!(r#"{{"name":"Load Test","phone":"{phone}","key":"{key}"}}"#),
+                "application/json",
+            )
+        };
+        let request = Request::post("/orders")
+            .header(header::HOST, authority)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ACCEPT, accept)
+            .body(Full::new(Bytes::from(body)))?;
+        let sent = Instant::now();
+        let answer = async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            response.into_body().collect().await?;
+            anyhow::Ok(status)
+        }
+        .await;
+        let took = sent.elapsed();
+        let outcome = match answer {
+            Ok(201) => Outcome::Accepted,
+            Ok(202) => Outcome::Pending,
+            Ok(303) => Outcome::Answered,
+            Ok(status) => Outcome::Status(status),
+            Err(_) => {
+                // The connection broke: count it, and open a new one.
+                lane.outcomes.push((key, Outcome::Failed));
+                sender = connect(authority).await?;
+                continue;
+            }
+        };
+        lane.latency.saturating_record(took.as_micros() as u64);
+        if matches!(outcome, Outcome::Accepted | Outcome::Answered) {
+            let second = started.elapsed().as_secs() as usize;
+            if lane.confirmed_per_second.len() <= second {
+                lane.confirmed_per_second.resize(second + 1, 0);
+            }
+            lane.confirmed_per_second[second] += 1;
+        }
+        lane.outcomes.push((key, outcome));
+    }
+    Ok(lane)
+}
+
+async fn connect(
+    authority: &str,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}

@@ -1,0 +1,264 @@
+//! What a load run found, as text for the terminal and as an SVG picture: latency histogram and
+//! confirmed orders per second.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use finalprice_db::entity::orders;
+use hdrhistogram::Histogram;
+use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter};
+use uuid::Uuid;
+
+/// How one order was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 201: committed.
+    Accepted,
+    /// 202: durable, not confirmed in time.
+    Pending,
+    /// 303 (form posts): committed or pending; the database check tells which.
+    Answered,
+    /// Any other status.
+    Status(u16),
+    /// The connection broke before an answer.
+    Failed,
+}
+
+impl Outcome {
+    pub fn label(self) -> String {
+        match self {
+            Outcome::Accepted => "201 accepted".into(),
+            Outcome::Pending => "202 pending".into(),
+            Outcome::Answered => "303 answered".into(),
+            Outcome::Status(status) => format!("{status}"),
+            Outcome::Failed => "connection failed".into(),
+        }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug)]
+pub struct Run {
+    pub connections: usize,
+    pub form: bool,
+    pub elapsed: Duration,
+    /// Microseconds from sending a request to its whole answer.
+    pub latency: Histogram<u64>,
+    pub outcomes: Vec<(Uuid, Outcome)>,
+    pub confirmed_per_second: BTreeMap<usize, u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub database: Option<DatabaseCheck>,
+}
+
+impl Run {
+    pub fn new(connections: usize, form: bool) -> Self {
+        Self {
+            connections,
+            form,
+            elapsed: Duration::ZERO,
+            latency: latency_histogram(),
+            outcomes: Vec::new(),
+            confirmed_per_second: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            database: None,
+        }
+    }
+
+    fn count(&self, wanted: Outcome) -> u64 {
+        self.outcomes.iter().filter(|(_, o)| *o == wanted).count() as u64
+    }
+}
+
+/// Microseconds from 1 µs to a minute, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid bounds")
+}
+
+/// What the database says about the run's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseCheck {
+    /// Orders answered 201 (or 303) that are rows.
+    pub confirmed_found: u64,
+    /// Orders answered 201 that are not rows: must be 0.
+    pub confirmed_missing: u64,
+    /// Orders answered 202 that are rows by now.
+    pub pending_committed: u64,
+}
+
+/// Looks up every answered order (1000 ids per query).
+pub async fn check_database(
+    url: &str,
+    outcomes: &[(Uuid, Outcome)],
+) -> anyhow::Result<DatabaseCheck> {
+    let db = Database::connect(url).await?;
+    let mut present = HashSet::new();
+    let ids: Vec<Uuid> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Accepted | Outcome::Pending | Outcome::Answered))
+        .map(|(id, _)| *id)
+        .collect();
+    for chunk in ids.chunks(1000) {
+        let rows = orders::Entity::find()
+            .filter(orders::Column::Id.is_in(chunk.iter().copied()))
+            .all(&db)
+            .await?;
+        present.extend(rows.into_iter().map(|row| row.id));
+    }
+    let mut check = DatabaseCheck {
+        confirmed_found: 0,
+        confirmed_missing: 0,
+        pending_committed: 0,
+    };
+    for (id, outcome) in outcomes {
+        match outcome {
+            Outcome::Accepted | Outcome::Answered if present.contains(id) => {
+                check.confirmed_found += 1
+            }
+            Outcome::Accepted => check.confirmed_missing += 1,
+            Outcome::Pending if present.contains(id) => check.pending_committed += 1,
+            _ => {}
+        }
+    }
+    Ok(check)
+}
+
+/// The report for the terminal.
+pub fn render_text(run: &Run) -> String {
+    let mut out = String::new();
+    let seconds = run.elapsed.as_secs_f64().max(1e-9);
+    let confirmed = run.count(Outcome::Accepted) + run.count(Outcome::Answered);
+    let total = run.outcomes.len() as u64;
+    let _ = writeln!(
+        out,
+        "{} {} posts over {} connections in {:.1} s",
+        total,
+        if run.form { "form" } else { "JSON" },
+        run.connections,
+        seconds
+    );
+    let _ = writeln!(
+        out,
+        "confirmed: {:.0} orders/s ({} of {}), pending: {}",
+        confirmed as f64 / seconds,
+        confirmed,
+        total,
+        run.count(Outcome::Pending)
+    );
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, outcome) in &run.outcomes {
+        *kinds.entry(outcome.label()).or_default() += 1;
+    }
+    let _ = writeln!(out, "answers: {kinds:?}");
+    if !run.errors.is_empty() {
+        let _ = writeln!(out, "errors: {:?}", run.errors);
+    }
+    let ms = |q: f64| run.latency.value_at_quantile(q) as f64 / 1000.0;
+    let _ = writeln!(
+        out,
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        run.latency.max() as f64 / 1000.0
+    );
+    match &run.database {
+        Some(check) => {
+            let _ = writeln!(
+                out,
+                "database: {} confirmed orders are rows, {} confirmed but missing (must be 0), {} of the pending committed since",
+                check.confirmed_found, check.confirmed_missing, check.pending_committed
+            );
+        }
+        None => {
+            let _ = writeln!(out, "database: not checked (set DATABASE_URL)");
+        }
+    }
+    out
+}
+
+/// Two panels: latency histogram (log scale buckets) and confirmed orders per second.
+pub fn render_svg(run: &Run) -> String {
+    const W: f64 = 900.0;
+    const H: f64 = 260.0;
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}" font-family="sans-serif" font-size="12">"##,
+        2.0 * H + 40.0
+    );
+    let _ = write!(svg, r##"<rect width="100%" height="100%" fill="#fff"/>"##);
+
+    // Latency: buckets doubling from 100 µs.
+    let mut buckets: Vec<(u64, u64)> = Vec::new();
+    let mut upper = 100u64;
+    let mut lower = 0u64;
+    while lower <= run.latency.max() && upper <= 120_000_000 {
+        let count = run.latency.count_between(lower, upper.saturating_sub(1));
+        buckets.push((upper, count));
+        lower = upper;
+        upper *= 2;
+    }
+    let peak = buckets.iter().map(|(_, c)| *c).max().unwrap_or(1).max(1) as f64;
+    let bar = (W - 80.0) / buckets.len().max(1) as f64;
+    let _ = write!(
+        svg,
+        r##"<text x="10" y="18" font-weight="bold">Latency (requests per bucket; bucket upper bound)</text>"##
+    );
+    for (i, (upper, count)) in buckets.iter().enumerate() {
+        let h = (*count as f64 / peak) * (H - 70.0);
+        let x = 60.0 + i as f64 * bar;
+        let _ = write!(
+            svg,
+            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#0b57d0"/><text x="{:.1}" y="{:.1}" font-size="9" transform="rotate(45 {:.1} {:.1})">{}</text>"##,
+            H - 40.0 - h,
+            bar - 2.0,
+            x,
+            H - 28.0,
+            x,
+            H - 28.0,
+            human_micros(*upper)
+        );
+    }
+
+    // Throughput per second.
+    let top = H + 20.0;
+    let _ = write!(
+        svg,
+        r##"<text x="10" y="{:.1}" font-weight="bold">Confirmed orders per second</text>"##,
+        top + 8.0
+    );
+    let seconds: Vec<u64> = (0..=run.confirmed_per_second.keys().max().copied().unwrap_or(0))
+        .map(|s| run.confirmed_per_second.get(&s).copied().unwrap_or(0))
+        .collect();
+    let peak = seconds.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let step = (W - 80.0) / seconds.len().max(1) as f64;
+    let points: Vec<String> = seconds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "{:.1},{:.1}",
+                60.0 + i as f64 * step,
+                top + H - 40.0 - (*c as f64 / peak) * (H - 70.0)
+            )
+        })
+        .collect();
+    let _ = write!(
+        svg,
+        r##"<polyline fill="none" stroke="#b3261e" stroke-width="2" points="{}"/><text x="60" y="{:.1}">peak {} /s over {} s</text></svg>"##,
+        points.join(" "),
+        top + H - 20.0,
+        peak as u64,
+        seconds.len()
+    );
+    svg
+}
+
+fn human_micros(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{}s", us / 1_000_000)
+    } else if us >= 1000 {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{us}µs")
+    }
+}
