@@ -76,7 +76,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 }
 
 /// What the database says about the run's answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseCheck {
     /// Orders answered 201 (or 303) that are rows.
     pub confirmed_found: u64,
@@ -84,6 +84,8 @@ pub struct DatabaseCheck {
     pub confirmed_missing: u64,
     /// Orders answered 202 that are rows by now.
     pub pending_committed: u64,
+    /// Which database was checked (password hidden).
+    pub database: String,
 }
 
 /// Looks up every answered order (1000 ids per query).
@@ -109,6 +111,7 @@ pub async fn check_database(
         confirmed_found: 0,
         confirmed_missing: 0,
         pending_committed: 0,
+        database: finalprice_shared::config::redact_url_password(url),
     };
     for (id, outcome) in outcomes {
         match outcome {
@@ -166,8 +169,11 @@ pub fn render_text(run: &Run) -> String {
         Some(check) => {
             let _ = writeln!(
                 out,
-                "database: {} confirmed orders are rows, {} confirmed but missing (must be 0), {} of the pending committed since",
-                check.confirmed_found, check.confirmed_missing, check.pending_committed
+                "database: {} confirmed orders are rows, {} confirmed but missing (must be 0), {} of the pending committed since ({})",
+                check.confirmed_found,
+                check.confirmed_missing,
+                check.pending_committed,
+                check.database
             );
         }
         None => {

@@ -9,6 +9,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -49,6 +50,11 @@ impl TelemetryGuard {
             tracing::warn!(%error, "flushing spans at exit failed");
         }
     }
+}
+
+/// `RUST_LOG`, or the defaults: one filter per output, built from the same directives.
+fn level_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
 }
 
 /// Whether the standard OpenTelemetry variables ask for span export.
@@ -93,21 +99,26 @@ fn span_exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
 pub fn init(service_name: &'static str, log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    // Logs go to stderr: stdout is for what a command prints (`export`'s CSV, `status`).
+    // Each output has its own filter. Logs take events only: formatting every span's fields
+    // for log lines that never show them was a measurable share of the front's CPU per order
+    // (perf, see README "Performance"). Spans go to the OTLP layer alone, so with export off a
+    // span has no taker and costs next to nothing.
+    let events_only = filter_fn(|metadata| metadata.is_event());
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match log.format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
             .with_writer(std::io::stderr)
+            .with_filter(level_filter().and(events_only))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_filter(level_filter().and(events_only))
             .boxed(),
     };
+    let mut layers = vec![fmt];
 
     let provider = if otlp_requested() {
         let exporter = span_exporter()?;
@@ -115,27 +126,24 @@ pub fn init(service_name: &'static str, log: &LogConfig) -> Result<TelemetryGuar
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(service_name);
         }
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource.build())
-                .build(),
-        )
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(service_name))
+                .with_error_records_to_exceptions(true)
+                .with_filter(level_filter())
+                .boxed(),
+        );
+        Some(provider)
     } else {
         None
     };
-    let otel = provider.as_ref().map(|provider| {
-        opentelemetry::global::set_tracer_provider(provider.clone());
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service_name))
-            .with_error_records_to_exceptions(true)
-    });
 
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .with(filter)
-        .try_init()?;
+    tracing_subscriber::registry().with(layers).try_init()?;
     Ok(TelemetryGuard { provider })
 }
 

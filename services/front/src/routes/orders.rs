@@ -77,7 +77,7 @@ async fn create_order(
     }
     let order = form.parse(state.country).map_err(CreateError::Invalid)?;
     let outcome = state.queue.submit(&order).await?;
-    tracing::info!(order_id = %order.id, outcome = ?outcome, "order submitted");
+    tracing::debug!(order_id = %order.id, outcome = ?outcome, "order submitted");
     Ok((order.id, outcome))
 }
 
