@@ -8,6 +8,7 @@
 //! - [`nats`]: connecting, and the stream and consumer definitions of `nats/`.
 //! - [`telemetry`]: logs, OTLP spans, and trace context in NATS headers.
 //! - [`presence`]: who is alive (every process answers pings; `status` counts them).
+//! - [`service`]: the `main` both binaries share (configuration, runtime, telemetry, exit code).
 //! - [`shutdown`]: the SIGTERM / Ctrl-C signal both services stop on.
 
 pub mod config;
@@ -16,5 +17,6 @@ pub mod messages;
 pub mod metrics;
 pub mod nats;
 pub mod presence;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,12 +1,12 @@
 //! `finalprice-worker`: runs a worker until SIGTERM or Ctrl-C; `migrate` applies the database
-//! migrations and exits; `dlq-list` and `dlq-replay` show and requeue dead letters.
+//! migrations and exits; `status`, `export`, `dlq-list` and `dlq-replay` are operators' commands.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use finalprice_shared::config::Config;
-use finalprice_shared::{shutdown, telemetry};
+use finalprice_shared::{service, shutdown};
 use finalprice_worker::{Application, dead_letters, export, report};
 use sea_orm_migration::MigratorTrait as _;
 use tokio_util::sync::CancellationToken;
@@ -15,29 +15,8 @@ const USAGE: &str = "usage: finalprice-worker [run | migrate | status | export |
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match Config::load() {
-        Ok(config) => config,
-        Err(error) => {
-            #[allow(clippy::print_stderr)] // logging is not set up without a configuration
-            {
-                eprintln!("finalprice-worker: {error}");
-            }
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("finalprice-worker: cannot start the runtime: {error}");
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let guard = telemetry::init("finalprice-worker", &config.log)?;
-        let result = match args.first().map(String::as_str) {
+    service::main("finalprice-worker", |config| async move {
+        match args.first().map(String::as_str) {
             None | Some("run") => run(&config).await,
             Some("migrate") => migrate(&config).await,
             Some("status") => status(&config).await,
@@ -45,18 +24,8 @@ fn main() -> ExitCode {
             Some("dlq-list") => dlq_list(&config).await,
             Some("dlq-replay") => dlq_replay(&config, &args[1..]).await,
             Some(other) => Err(anyhow::anyhow!("unknown command `{other}`; {USAGE}")),
-        };
-        if let Err(error) = &result {
-            tracing::error!(error = format!("{error:#}"), "finalprice-worker failed");
         }
-        // Flushing blocks; off the runtime's workers it cannot stall anything.
-        let _ = tokio::task::spawn_blocking(move || guard.shutdown()).await;
-        result
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
-    }
+    })
 }
 
 async fn run(config: &Config) -> anyhow::Result<()> {
