@@ -157,3 +157,26 @@ pub fn few(ids: &[Uuid]) -> String {
         &ids[..ids.len().min(5)]
     )
 }
+
+/// The three numbers of DESIGN.md §2, asserted zero: no unexpected answer, nothing answered
+/// "accepted" before its commit, every acknowledged order a row within `within`, no order
+/// stored twice.
+pub async fn assert_guarantees(rows: &DatabaseConnection, tally: &Tally, within: Duration) {
+    assert!(
+        tally.other.is_empty(),
+        "unexpected answers: {:?}",
+        tally.other
+    );
+    assert!(
+        tally.accepted_not_committed.is_empty(),
+        "accepted before commit: {}",
+        few(&tally.accepted_not_committed)
+    );
+    let lost = acknowledged_not_committed(rows, tally, within).await;
+    assert!(
+        lost.is_empty(),
+        "acknowledged, never committed: {}",
+        few(&lost)
+    );
+    assert_eq!(duplicate_rows(rows).await, 0, "orders stored twice");
+}

@@ -187,19 +187,14 @@ impl TestApp {
         }
     }
 
-    /// Orders stored twice (see [`finalprice_testkit::load::duplicate_rows`]).
-    pub async fn duplicate_rows(&self) -> u64 {
-        load::duplicate_rows(&self.rows).await
-    }
-
     /// Sends a burst of orders (see [`finalprice_testkit::load::burst`]).
     pub async fn burst(&self, count: usize, concurrency: usize, first_phone: u64) -> Tally {
         load::burst(self.target(), count, concurrency, first_phone).await
     }
 
-    /// Acknowledged orders that never became rows within `within`.
-    pub async fn acknowledged_not_committed(&self, tally: &Tally, within: Duration) -> Vec<Uuid> {
-        load::acknowledged_not_committed(&self.rows, tally, within).await
+    /// The three numbers of DESIGN.md §2, asserted zero (acknowledged orders get `within`).
+    pub async fn assert_guarantees(&self, tally: &Tally, within: Duration) {
+        load::assert_guarantees(&self.rows, tally, within).await;
     }
 
     pub async fn row_count(&self) -> u64 {
