@@ -94,14 +94,9 @@ impl Stack {
 
     /// Runs `finalprice-worker <args>` (an operator's command) and returns what it printed.
     fn admin(&self, args: &[&str]) -> String {
-        let mut command = std::process::Command::new(
-            finalprice_testkit::binary("finalprice-worker").expect("built"),
+        let mut command = finalprice_testkit::clean_command(
+            &finalprice_testkit::binary("finalprice-worker").expect("built"),
         );
-        for (key, _) in std::env::vars() {
-            if key.starts_with("FINALPRICE_") || key.starts_with("OTEL_") {
-                command.env_remove(key);
-            }
-        }
         let output = command
             .args(args)
             .env("NATS_URL", self.nats.url())
@@ -383,7 +378,9 @@ fn repository() -> std::path::PathBuf {
 #[test]
 fn every_operator_recipe_is_listed_with_its_help_line() {
     let root = repository();
-    let output = std::process::Command::new("just")
+    // The justfile passes its own just (./just may have installed it off PATH).
+    let just = std::env::var("JUST").unwrap_or_else(|_| "just".into());
+    let output = std::process::Command::new(just)
         .arg("--justfile")
         .arg(root.join("justfile"))
         .arg("--list")

@@ -12,7 +12,7 @@ mod process;
 
 pub use db::{Backend, TestDb};
 pub use nats::NatsServer;
-pub use process::{Service, binary, free_port};
+pub use process::{Service, binary, clean_command, free_port};
 
 use figment::Figment;
 use figment::providers::{Format, Toml};

@@ -34,22 +34,29 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// `binary` with none of the caller's FinalPrice settings: no `FINALPRICE_*`, `OTEL_*`,
+/// `NATS_URL` or `DATABASE_URL` leaks from the shell running the tests into the process.
+pub fn clean_command(binary: &std::path::Path) -> Command {
+    let mut command = Command::new(binary);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FINALPRICE_")
+            || key.starts_with("OTEL_")
+            || key == "NATS_URL"
+            || key == "DATABASE_URL"
+        {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 impl Service {
     /// Starts `binary` (`finalprice-front` or `finalprice-worker`) with only `env` of ours:
     /// nothing from the caller's `FINALPRICE_*`, `NATS_URL`, `DATABASE_URL` leaks in.
     pub fn start(name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("fp-service-").tempdir()?;
         let log = dir.path().join(format!("{name}.log"));
-        let mut command = Command::new(binary(name)?);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("FINALPRICE_")
-                || key.starts_with("OTEL_")
-                || key == "NATS_URL"
-                || key == "DATABASE_URL"
-            {
-                command.env_remove(key);
-            }
-        }
+        let mut command = clean_command(&binary(name)?);
         command
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(key, value)| (*key, value.as_str())))

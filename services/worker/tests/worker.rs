@@ -160,14 +160,9 @@ async fn an_order_that_can_never_be_written_is_rejected_and_leaves_the_queue() {
 }
 
 fn worker_binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_finalprice-worker"));
-    // Only what the test sets: no FINALPRICE_* of the caller's shell.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("FINALPRICE_") || name == "DATABASE_URL" || name == "NATS_URL" {
-            command.env_remove(name);
-        }
-    }
-    command
+    finalprice_testkit::clean_command(std::path::Path::new(env!(
+        "CARGO_BIN_EXE_finalprice-worker"
+    )))
 }
 
 #[tokio::test]
