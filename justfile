@@ -58,7 +58,7 @@ bench:
 
 # Run the whole test suite against a real nats-server, PostgreSQL and SQLite
 test:
-    NATS_SERVER_BIN="{{nats_server}}" scripts/test
+    NATS_SERVER_BIN="{{nats_server}}" JUST="{{just_executable()}}" scripts/test
 
 # Apply the database migrations to DATABASE_URL (default: the SQLite file)
 migrate: build
