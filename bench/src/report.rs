@@ -209,20 +209,27 @@ pub fn render_svg(run: &Run) -> String {
         svg,
         r##"<text x="10" y="18" font-weight="bold">Latency (requests per bucket; bucket upper bound)</text>"##
     );
+    let total = buckets.iter().map(|(_, c)| *c).sum::<u64>().max(1) as f64;
     for (i, (upper, count)) in buckets.iter().enumerate() {
-        let h = (*count as f64 / peak) * (H - 70.0);
+        let h = (*count as f64 / peak) * (H - 80.0);
         let x = 60.0 + i as f64 * bar;
+        let middle = x + bar / 2.0;
         let _ = write!(
             svg,
-            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#0b57d0"/><text x="{:.1}" y="{:.1}" font-size="9" transform="rotate(45 {:.1} {:.1})">{}</text>"##,
+            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#0b57d0"/><text x="{middle:.1}" y="{:.1}" font-size="10" text-anchor="middle">≤{}</text>"##,
             H - 40.0 - h,
             bar - 2.0,
-            x,
-            H - 28.0,
-            x,
-            H - 28.0,
+            H - 26.0,
             human_micros(*upper)
         );
+        if *count > 0 {
+            let _ = write!(
+                svg,
+                r##"<text x="{middle:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.1}%</text>"##,
+                H - 44.0 - h,
+                100.0 * *count as f64 / total
+            );
+        }
     }
 
     // Throughput per second.
@@ -232,7 +239,9 @@ pub fn render_svg(run: &Run) -> String {
         r##"<text x="10" y="{:.1}" font-weight="bold">Confirmed orders per second</text>"##,
         top + 8.0
     );
-    let seconds: Vec<u64> = (0..=run.confirmed_per_second.keys().max().copied().unwrap_or(0))
+    // Whole seconds only: the last, partial one would read as a collapse.
+    let whole = (run.elapsed.as_secs() as usize).max(1);
+    let seconds: Vec<u64> = (0..whole)
         .map(|s| run.confirmed_per_second.get(&s).copied().unwrap_or(0))
         .collect();
     let peak = seconds.iter().copied().max().unwrap_or(1).max(1) as f64;
@@ -261,9 +270,9 @@ pub fn render_svg(run: &Run) -> String {
 
 fn human_micros(us: u64) -> String {
     if us >= 1_000_000 {
-        format!("{}s", us / 1_000_000)
+        format!("{:.1}s", us as f64 / 1e6)
     } else if us >= 1000 {
-        format!("{}ms", us / 1000)
+        format!("{:.1}ms", us as f64 / 1e3)
     } else {
         format!("{us}µs")
     }
