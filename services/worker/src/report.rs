@@ -45,8 +45,9 @@ pub async fn read(config: &NatsConfig) -> anyhow::Result<Report> {
     let js = nats::jetstream(client.clone(), config);
     let orders = nats::orders_stream_config(config)?;
     let dlq = nats::dead_letter_stream_config(config)?;
-    let mut stream = js.get_stream(&orders.name).await?;
-    let info = stream.info().await?.clone();
+    // get_stream fetches the stream's info: one round trip per stream, read from the cache.
+    let stream = js.get_stream(&orders.name).await?;
+    let info = stream.cached_info().clone();
     let consumer = match stream
         .get_consumer::<jetstream::consumer::pull::Config>("workers")
         .await
@@ -63,7 +64,7 @@ pub async fn read(config: &NatsConfig) -> anyhow::Result<Report> {
         Err(_) => None,
     };
     let dead_letters = match js.get_stream(&dlq.name).await {
-        Ok(mut dlq) => dlq.info().await?.state.messages,
+        Ok(dlq) => dlq.cached_info().state.messages,
         Err(_) => 0,
     };
     let alive = presence::collect(&client, PING_WINDOW)
