@@ -64,14 +64,14 @@ struct Delivery {
 
 /// Inserts the orders in one statement (so one transaction); an order already present is
 /// skipped. Returns the ids this call inserted; the others were committed before.
-pub async fn commit_orders(
+pub async fn commit_orders<'a>(
     db: &DatabaseConnection,
-    orders: &[NewOrder],
+    orders: impl IntoIterator<Item = &'a NewOrder>,
 ) -> Result<HashSet<Uuid>, DbErr> {
     // A redelivery can meet its original in the same batch; one row per id per statement.
-    let mut seen = HashSet::with_capacity(orders.len());
+    let mut seen = HashSet::new();
     let rows: Vec<orders::ActiveModel> = orders
-        .iter()
+        .into_iter()
         .filter(|order| seen.insert(order.id))
         .map(orders::ActiveModel::from)
         .collect();
@@ -178,7 +178,6 @@ async fn handle_orders(context: &BatchContext, deliveries: Vec<Delivery>) {
 
 /// Commits the deliveries in one transaction, then confirms and acks each.
 async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), DbErr> {
-    let orders: Vec<NewOrder> = deliveries.iter().map(|d| d.order.clone()).collect();
     // One database span for the one transaction, linked to every order it carries; and in each
     // order's own trace a step for the commit it waited on, linked back to that span.
     let db_span = tracing::info_span!(
@@ -187,7 +186,7 @@ async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), D
         db.system.name = context.db.get_database_backend().as_str(),
         db.operation.name = "INSERT",
         db.collection.name = "orders",
-        db.operation.batch.size = orders.len(),
+        db.operation.batch.size = deliveries.len(),
     );
     let db_context = db_span.context().span().span_context().clone();
     let waits: Vec<tracing::Span> = deliveries
@@ -197,7 +196,7 @@ async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), D
             let wait = tracing::info_span!(
                 parent: &delivery.span,
                 "orders commit",
-                db.operation.batch.size = orders.len()
+                db.operation.batch.size = deliveries.len()
             );
             wait.add_link(db_context.clone());
             wait
@@ -207,7 +206,7 @@ async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), D
     // Run with no current span: the pool spawns long-lived tasks that would adopt it (and with
     // it every span above) as parent and keep it from ever closing. `db_span` times the
     // statement from outside instead.
-    let inserted = commit_orders(&context.db, &orders)
+    let inserted = commit_orders(&context.db, deliveries.iter().map(|d| &d.order))
         .instrument(tracing::Span::none())
         .await;
     drop((db_span, waits));
