@@ -102,6 +102,20 @@ pub struct StatusReply {
     pub phone_masked: Option<String>,
 }
 
+impl StatusReply {
+    /// Order `id` still waits in the stream; `payload` is its queued message, from which only
+    /// the masked phone is taken.
+    pub fn pending(id: Uuid, payload: &[u8]) -> Self {
+        Self {
+            id,
+            state: OrderState::Pending,
+            phone_masked: decode::<NewOrder>(payload)
+                .ok()
+                .map(|order| order.phone.masked()),
+        }
+    }
+}
+
 /// Where an order is on its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

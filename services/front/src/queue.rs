@@ -262,13 +262,7 @@ impl OrderQueue {
             .direct_get_last_for_subject(order_subject(id))
             .await
         {
-            Ok(message) => Ok(StatusReply {
-                id,
-                state: OrderState::Pending,
-                phone_masked: messages::decode::<NewOrder>(&message.payload)
-                    .ok()
-                    .map(|order| order.phone.masked()),
-            }),
+            Ok(message) => Ok(StatusReply::pending(id, &message.payload)),
             // Not queued, and nobody to ask whether it was committed: cannot tell.
             Err(_) => Err(error),
         }

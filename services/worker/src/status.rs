@@ -8,8 +8,7 @@ use async_nats::{Client, Subscriber};
 use finalprice_db::entity::orders;
 use finalprice_shared::domain::PhoneNumber;
 use finalprice_shared::messages::{
-    self, NewOrder, OrderState, STATUS_QUEUE_GROUP, STATUS_SUBJECT, StatusReply, StatusRequest,
-    order_subject,
+    self, OrderState, STATUS_QUEUE_GROUP, STATUS_SUBJECT, StatusReply, StatusRequest, order_subject,
 };
 use futures_util::StreamExt;
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
@@ -98,16 +97,7 @@ pub async fn lookup(
         return Ok(reply);
     }
     match stream.direct_get_last_for_subject(order_subject(id)).await {
-        Ok(message) => {
-            let phone_masked = messages::decode::<NewOrder>(&message.payload)
-                .ok()
-                .map(|order| order.phone.masked());
-            return Ok(StatusReply {
-                id,
-                state: OrderState::Pending,
-                phone_masked,
-            });
-        }
+        Ok(message) => return Ok(StatusReply::pending(id, &message.payload)),
         Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {}
         Err(error) => return Err(error.into()),
     }
