@@ -47,13 +47,17 @@ pub enum SetupError {
     },
 }
 
+/// Parses one of the compiled-in `nats/` definitions (NATS API JSON).
+fn definition<T: serde::de::DeserializeOwned>(
+    file: &'static str,
+    json: &str,
+) -> Result<T, SetupError> {
+    serde_json::from_str(json).map_err(|source| SetupError::Definition { file, source })
+}
+
 /// The `ORDERS` stream as `nats/stream-orders.json` defines it, with the configured overrides.
 pub fn orders_stream_config(config: &NatsConfig) -> Result<stream::Config, SetupError> {
-    let mut stream: stream::Config =
-        serde_json::from_str(ORDERS_STREAM_JSON).map_err(|source| SetupError::Definition {
-            file: "nats/stream-orders.json",
-            source,
-        })?;
+    let mut stream: stream::Config = definition("nats/stream-orders.json", ORDERS_STREAM_JSON)?;
     if config.stream_max_messages > 0 {
         stream.max_messages = config.stream_max_messages;
     }
@@ -69,11 +73,8 @@ pub fn orders_stream_config(config: &NatsConfig) -> Result<stream::Config, Setup
 /// The `workers` consumer as `nats/consumer-workers.json` defines it, with the configured
 /// overrides.
 pub fn workers_consumer_config(config: &NatsConfig) -> Result<consumer::pull::Config, SetupError> {
-    let mut consumer: consumer::pull::Config = serde_json::from_str(WORKERS_CONSUMER_JSON)
-        .map_err(|source| SetupError::Definition {
-            file: "nats/consumer-workers.json",
-            source,
-        })?;
+    let mut consumer: consumer::pull::Config =
+        definition("nats/consumer-workers.json", WORKERS_CONSUMER_JSON)?;
     if !config.ack_wait.is_zero() {
         consumer.ack_wait = config.ack_wait;
     }
@@ -83,10 +84,7 @@ pub fn workers_consumer_config(config: &NatsConfig) -> Result<consumer::pull::Co
 /// The dead-letter stream as `nats/stream-orders-dlq.json` defines it (replicas as configured).
 pub fn dead_letter_stream_config(config: &NatsConfig) -> Result<stream::Config, SetupError> {
     let mut stream: stream::Config =
-        serde_json::from_str(DEAD_LETTER_STREAM_JSON).map_err(|source| SetupError::Definition {
-            file: "nats/stream-orders-dlq.json",
-            source,
-        })?;
+        definition("nats/stream-orders-dlq.json", DEAD_LETTER_STREAM_JSON)?;
     if config.stream_replicas > 0 {
         stream.num_replicas = config.stream_replicas;
     }
