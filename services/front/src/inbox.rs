@@ -47,11 +47,6 @@ impl Inbox {
         }
     }
 
-    /// Requests still waiting for an answer.
-    pub fn waiting(&self) -> usize {
-        self.lock().len()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Message>>> {
         // The map holds no invariant a panicking holder could break half-way.
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
