@@ -7,6 +7,8 @@ use finalprice_shared::messages::NewOrder;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::i18n::Texts;
+
 /// The raw form fields; missing ones are empty, so they get a field error, not a 400.
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -15,6 +17,8 @@ pub struct OrderForm {
     pub phone: String,
     /// The idempotency key rendered into the form; optional for API clients.
     pub key: Option<String>,
+    /// The language the form was shown in, so the answer comes in it too.
+    pub lang: Option<String>,
 }
 
 /// Lengths only: the fields are personal data.
@@ -24,6 +28,7 @@ impl std::fmt::Debug for OrderForm {
             .field("name_len", &self.name.len())
             .field("phone_len", &self.phone.len())
             .field("key", &self.key)
+            .field("lang", &self.lang)
             .finish()
     }
 }
@@ -38,14 +43,14 @@ pub struct FieldErrors {
 }
 
 impl FieldErrors {
-    /// `{"field": "message"}` for JSON clients, in English.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// `{"field": "message"}` for JSON clients, in `t`'s language (English for the API).
+    pub fn to_json(&self, t: &Texts) -> serde_json::Value {
         let mut errors = serde_json::Map::new();
         if let Some(error) = &self.name {
-            errors.insert("name".into(), error.message_en().into());
+            errors.insert("name".into(), t.name_error(error).into());
         }
         if let Some(error) = &self.phone {
-            errors.insert("phone".into(), error.message_en().into());
+            errors.insert("phone".into(), t.phone_error(error).into());
         }
         if self.key {
             errors.insert("key".into(), "must be a UUID".into());
@@ -94,6 +99,7 @@ mod tests {
             name: name.into(),
             phone: phone.into(),
             key: key.map(Into::into),
+            lang: None,
         }
     }
 
@@ -129,7 +135,8 @@ mod tests {
             .parse(Country::Russia)
             .expect_err("invalid");
         assert!(errors.name.is_some() && errors.phone.is_some() && errors.key);
-        let json = errors.to_json();
+        let locales = crate::i18n::Locales::load().expect("locales");
+        let json = errors.to_json(locales.get(crate::i18n::Lang::En));
         for field in ["name", "phone", "key"] {
             assert!(
                 json["errors"][field].is_string(),
@@ -162,6 +169,7 @@ mod tests {
                         name: order.name.as_ref().to_owned(),
                         phone: order.phone.as_ref().to_owned(),
                         key: Some(order.id.to_string()),
+                        lang: None,
                     }
                     .parse(Country::Russia)
                     .expect("an accepted order parses again");

@@ -14,6 +14,7 @@
 
 pub mod form;
 pub mod http;
+pub mod i18n;
 pub mod inbox;
 pub mod limits;
 pub mod metrics;

@@ -1,38 +1,87 @@
-//! The shopper's pages, rendered from `ui/templates` with automatic HTML escaping.
+//! The shopper's pages, rendered from `ui/templates` with automatic HTML escaping, in the
+//! request's language.
 
 use askama::Template;
+
+use crate::i18n::{Choice, Locales, Texts};
+use crate::routes::static_files;
+
+/// What every page shares: its language, the switch to the other one, the stylesheet.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    pub t: &'a Texts,
+    /// The other language's texts: its name labels the switch link.
+    pub other: &'a Texts,
+    /// This page in the other language.
+    pub switch_href: String,
+    /// The form, in this page's language.
+    pub home_href: String,
+    pub style_href: &'static str,
+    pub favicon_href: &'static str,
+    /// Reload after this many seconds, while the answer may still change (no JavaScript).
+    pub refresh: Option<u64>,
+}
+
+impl<'a> Frame<'a> {
+    /// The frame of the page at `path` (no query) in `choice`'s language.
+    pub fn new(locales: &'a Locales, choice: Choice, path: &str) -> Self {
+        let other = choice.lang.other();
+        Self {
+            t: locales.get(choice.lang),
+            other: locales.get(other),
+            switch_href: format!("{path}?lang={}", other.code()),
+            home_href: format!("/{}", choice.query()),
+            style_href: static_files::style_href(),
+            favicon_href: static_files::favicon_href(),
+            refresh: None,
+        }
+    }
+}
+
+/// Which field gets the focus when the form comes back: the first one to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    None,
+    Name,
+    Phone,
+}
 
 /// The order form, fresh or returned with the shopper's input and what to fix.
 #[derive(Debug, Template)]
 #[template(path = "form.html")]
 pub struct FormPage<'a> {
+    pub frame: Frame<'a>,
     /// The idempotency key: the same for every resubmission of this form.
     pub key: &'a str,
     pub name: &'a str,
     pub phone: &'a str,
-    pub name_error: Option<&'static str>,
-    pub phone_error: Option<&'static str>,
-    /// Why the form came back when it was not the fields' fault (busy, not saved).
-    pub notice: Option<&'static str>,
+    pub name_error: Option<String>,
+    pub phone_error: Option<String>,
+    /// Why the form came back when it was not (only) the fields' fault: busy, not saved.
+    pub notice: Option<String>,
+    pub focus: Focus,
 }
 
-/// One order's state.
+/// A page with a heading and a message: an order's state, or why there is nothing to show.
 #[derive(Debug, Template)]
-#[template(path = "order.html")]
-pub struct OrderPage<'a> {
-    pub heading: &'static str,
-    pub message: &'static str,
+#[template(path = "message.html")]
+pub struct MessagePage<'a> {
+    pub frame: Frame<'a>,
+    pub title: &'a str,
+    pub message: &'a str,
+    /// The short order number, when the page is about an order.
     pub number: Option<&'a str>,
+    /// The masked phone the order was placed with.
     pub phone: Option<&'a str>,
-    /// Reload by itself while the answer may still change (no JavaScript needed).
-    pub refresh: bool,
+    /// The link back to the form: "place another order" or "back to the form".
+    pub link: &'a str,
 }
 
 /// Renders a page; a template error (a bug, not input) becomes a plain apology.
 pub fn render(page: &impl Template) -> String {
     page.render().unwrap_or_else(|error| {
         tracing::error!(%error, "template failed to render");
-        "<!doctype html><title>FinalPrice</title><p>Внутренняя ошибка. Попробуйте ещё раз.</p>"
+        "<!doctype html><title>FinalPrice</title><p>Внутренняя ошибка. Попробуйте ещё раз. / Internal error. Please try again.</p>"
             .to_owned()
     })
 }

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::i18n::Locales;
 use crate::inbox::Inbox;
 use crate::limits::ClientLimiter;
 use crate::metrics::FrontMetrics;
@@ -77,6 +78,7 @@ impl Application {
             in_flight: Arc::new(Semaphore::new(config.http.max_in_flight)),
             limiter: ClientLimiter::start(&config.http),
             metrics,
+            locales: Locales::load()?,
         });
         let listener = bind(config.http.addr)
             .with_context(|| format!("cannot listen on {}", config.http.addr))?;

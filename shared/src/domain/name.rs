@@ -32,7 +32,7 @@ static LETTER: LazyLock<Regex> =
 #[serde(try_from = "String")]
 pub struct CustomerName(String);
 
-/// Why a name was refused; each variant maps to a different hint for the shopper.
+/// Why a name was refused; each variant has its own hint for the shopper (`ui/locales`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// Nothing but whitespace was entered.
@@ -50,32 +50,6 @@ pub enum NameError {
     /// The name consists of punctuation only.
     #[error("name contains no letters")]
     NoLetter,
-}
-
-impl NameError {
-    /// Short message for the shopper, in Russian.
-    pub fn message_ru(&self) -> &'static str {
-        match self {
-            Self::Empty => "Введите имя",
-            Self::TooLong { .. } => "Имя длиннее 100 символов",
-            Self::InvalidCharacters => {
-                "Имя может содержать только буквы, пробелы, дефисы, апострофы и точки"
-            }
-            Self::NoLetter => "Имя должно содержать хотя бы одну букву",
-        }
-    }
-
-    /// Short message for the shopper, in English.
-    pub fn message_en(&self) -> &'static str {
-        match self {
-            Self::Empty => "Enter your name",
-            Self::TooLong { .. } => "The name is longer than 100 characters",
-            Self::InvalidCharacters => {
-                "A name may contain only letters, spaces, hyphens, apostrophes and dots"
-            }
-            Self::NoLetter => "A name must contain at least one letter",
-        }
-    }
 }
 
 impl CustomerName {
@@ -268,10 +242,8 @@ mod tests {
     }
 
     #[test]
-    fn messages_match_the_limit() {
+    fn the_message_names_the_limit() {
         let err = NameError::TooLong { max: MAX_CHARS };
-        assert!(err.message_ru().contains(&MAX_CHARS.to_string()));
-        assert!(err.message_en().contains(&MAX_CHARS.to_string()));
         assert!(err.to_string().contains(&MAX_CHARS.to_string()));
     }
 

@@ -80,7 +80,7 @@ impl TryFrom<String> for Country {
 #[serde(try_from = "String")]
 pub struct PhoneNumber(String);
 
-/// Why a phone number was refused; each variant maps to a different hint for the shopper.
+/// Why a phone number was refused; each variant has its own hint for the shopper (`ui/locales`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PhoneError {
     /// Nothing but whitespace was entered.
@@ -95,34 +95,6 @@ pub enum PhoneError {
     /// default country (wrong number of digits, unknown prefix).
     #[error("not a recognised phone number")]
     NotAPhoneNumber,
-}
-
-impl PhoneError {
-    /// Short message for the shopper, in Russian.
-    pub fn message_ru(&self) -> &'static str {
-        match self {
-            Self::Empty => "Введите номер телефона",
-            Self::InvalidCharacters => {
-                "Номер телефона может содержать только цифры, пробелы, дефисы, точки, скобки и + в начале"
-            }
-            Self::NotAPhoneNumber => {
-                "Номер телефона должен быть в формате +7 999 123-45-67 или 8 999 123-45-67"
-            }
-        }
-    }
-
-    /// Short message for the shopper, in English.
-    pub fn message_en(&self) -> &'static str {
-        match self {
-            Self::Empty => "Enter a phone number",
-            Self::InvalidCharacters => {
-                "A phone number may contain only digits, spaces, dashes, dots, parentheses and a leading +"
-            }
-            Self::NotAPhoneNumber => {
-                "Enter the phone number as +7 999 123-45-67 or 8 999 123-45-67"
-            }
-        }
-    }
 }
 
 /// Formatting characters shoppers type or paste between digits. Besides the ASCII space and

@@ -4,7 +4,7 @@
 mod health;
 mod home;
 mod orders;
-mod static_files;
+pub(crate) mod static_files;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,8 +19,10 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::http::{self as resp, Body};
+use crate::i18n::{Choice, Locales};
 use crate::limits::ClientLimiter;
 use crate::metrics::{FrontMetrics, Route};
+use crate::pages::{self, Frame, MessagePage};
 use crate::queue::OrderQueue;
 
 /// What every request handler may use; shared by all connections.
@@ -34,6 +36,8 @@ pub struct AppState {
     /// Per-client order rate; `None` when off.
     pub limiter: Option<Arc<ClientLimiter>>,
     pub metrics: Arc<FrontMetrics>,
+    /// Every text of every language, from `ui/locales`.
+    pub locales: Locales,
 }
 
 impl AppState {
@@ -101,14 +105,17 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
         _ => {}
     }
     let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        if method == Method::POST && path == "/orders" {
+            return orders::busy(state, request).await;
+        }
         return busy(state, &request);
     };
 
     match (read, method == Method::POST, path.as_str()) {
-        (true, _, "/") => home::form(),
+        (true, _, "/") => home::form(state, Choice::of_request(&request)),
         (_, true, "/orders") => orders::create(state, peer, request).await,
         (true, _, path) if path.starts_with("/orders/") => {
-            orders::show(state, &path["/orders/".len()..], request.headers()).await
+            orders::show(state, &path["/orders/".len()..], &request).await
         }
         (true, _, path) if path.starts_with("/static/") => {
             static_files::serve(&path["/static/".len()..])
@@ -118,23 +125,55 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
         (_, _, path) if path.starts_with("/orders/") || path.starts_with("/static/") => {
             not_allowed("GET, HEAD")
         }
-        _ => resp::text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => message_page(state, &request, StatusCode::NOT_FOUND, |t| {
+            (&t.page.not_found_title, &t.page.not_found_message)
+        }),
     }
 }
 
+/// A page with a heading, a message and the way back to the form, in the request's language.
+fn message_page(
+    state: &AppState,
+    request: &Request<Incoming>,
+    status: StatusCode,
+    texts: impl for<'t> Fn(&'t crate::i18n::Texts) -> (&'t String, &'t String),
+) -> Response<Body> {
+    let choice = Choice::of_request(request);
+    let t = state.locales.get(choice.lang);
+    let (title, message) = texts(t);
+    let page = MessagePage {
+        frame: Frame::new(&state.locales, choice, "/"),
+        title,
+        message,
+        number: None,
+        phone: None,
+        link: &t.page.back,
+    };
+    resp::html(status, pages::render(&page))
+}
+
 fn busy(state: &AppState, request: &Request<Incoming>) -> Response<Body> {
+    let seconds = state.retry_after_secs();
     let response = if resp::wants_json(request.headers()) {
         resp::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "error": "busy" }),
         )
     } else {
-        resp::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Слишком много заказов одновременно. Попробуйте через несколько секунд.\n",
-        )
+        let choice = Choice::of_request(request);
+        let t = state.locales.get(choice.lang);
+        let message = t.busy_message(seconds);
+        let page = MessagePage {
+            frame: Frame::new(&state.locales, choice, "/"),
+            title: &t.page.busy_title,
+            message: &message,
+            number: None,
+            phone: None,
+            link: &t.page.back,
+        };
+        resp::html(StatusCode::SERVICE_UNAVAILABLE, pages::render(&page))
     };
-    resp::retry_after(response, state.retry_after_secs())
+    resp::retry_after(response, seconds)
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {

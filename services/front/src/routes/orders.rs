@@ -16,7 +16,8 @@ use uuid::Uuid;
 use super::AppState;
 use crate::form::{FieldErrors, OrderForm};
 use crate::http::{self as resp, Body};
-use crate::pages::{self, FormPage, OrderPage};
+use crate::i18n::{Choice, Lang};
+use crate::pages::{self, Focus, FormPage, Frame, MessagePage};
 use crate::queue::{SubmitError, Submitted};
 
 /// Why a submission got no order: each variant is one answer.
@@ -34,6 +35,8 @@ enum CreateError {
     Invalid(FieldErrors),
     #[error("too many orders from this client")]
     RateLimited { retry_after: Duration },
+    #[error("busy")]
+    Busy,
     #[error(transparent)]
     Submit(#[from] SubmitError),
 }
@@ -46,11 +49,31 @@ enum Encoding {
 
 pub async fn create(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
     let json = resp::wants_json(request.headers());
+    let browser_lang = Lang::from_accept_language(request.headers());
     let mut form = OrderForm::default();
-    match create_order(state, peer, request, &mut form).await {
-        Ok((id, outcome)) => created(id, outcome, json),
-        Err(error) => create_failed(state, &error, &form, json),
+    let result = create_order(state, peer, request, &mut form).await;
+    let choice = Choice::pick(form.lang.as_deref(), browser_lang);
+    match result {
+        Ok((id, outcome)) => created(id, outcome, json, choice),
+        Err(error) => create_failed(state, &error, &form, json, choice),
     }
+}
+
+/// `POST /orders` when the front is at its in-flight bound: the form comes back at once with
+/// the shopper's input and a 503, without touching NATS. The body is read (bounded as always):
+/// a few hundred bytes already in the socket cost less than losing what the shopper typed.
+pub async fn busy(state: &AppState, request: Request<Incoming>) -> Response<Body> {
+    let json = resp::wants_json(request.headers());
+    let browser_lang = Lang::from_accept_language(request.headers());
+    let mut form = OrderForm::default();
+    if !json
+        && encoding(request.headers()) == Some(Encoding::Form)
+        && let Ok(body) = read_body(state, request).await
+    {
+        form = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    }
+    let choice = Choice::pick(form.lang.as_deref(), browser_lang);
+    create_failed(state, &CreateError::Busy, &form, json, choice)
 }
 
 async fn create_order(
@@ -115,7 +138,7 @@ async fn read_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes
     }
 }
 
-fn created(id: Uuid, outcome: Submitted, json: bool) -> Response<Body> {
+fn created(id: Uuid, outcome: Submitted, json: bool, choice: Choice) -> Response<Body> {
     match (json, outcome) {
         (true, Submitted::Accepted) => resp::json(
             StatusCode::CREATED,
@@ -126,7 +149,7 @@ fn created(id: Uuid, outcome: Submitted, json: bool) -> Response<Body> {
             &json!({ "id": id, "status": "pending" }),
         ),
         // Both outcomes land on the order's page, which tells which (and refreshes if pending).
-        (false, _) => resp::see_other(&format!("/orders/{id}")),
+        (false, _) => resp::see_other(&format!("/orders/{id}{}", choice.query())),
     }
 }
 
@@ -135,6 +158,7 @@ fn create_failed(
     error: &CreateError,
     form: &OrderForm,
     json: bool,
+    choice: Choice,
 ) -> Response<Body> {
     let status = match error {
         CreateError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -143,159 +167,197 @@ fn create_failed(
         CreateError::Malformed => StatusCode::BAD_REQUEST,
         CreateError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         CreateError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        CreateError::Submit(SubmitError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        CreateError::Busy | CreateError::Submit(SubmitError::Unavailable(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         CreateError::Submit(SubmitError::Rejected { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if let CreateError::Submit(error) = error {
         tracing::warn!(%error, "order not taken");
     }
+    let retry_after = match error {
+        CreateError::RateLimited { retry_after } => {
+            Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+        }
+        _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(state.retry_after_secs()),
+        _ => None,
+    };
     let response = if json {
         let body = match error {
-            CreateError::Invalid(errors) => errors.to_json(),
+            CreateError::Invalid(errors) => errors.to_json(state.locales.get(Lang::En)),
             CreateError::Submit(SubmitError::Rejected { .. }) => json!({ "status": "rejected" }),
             other => json!({ "error": other.to_string() }),
         };
         resp::json(status, &body)
     } else {
-        match error {
+        let t = state.locales.get(choice.lang);
+        let seconds = retry_after.unwrap_or(1);
+        let (errors, notice) = match error {
             CreateError::UnsupportedMediaType
             | CreateError::PayloadTooLarge
             | CreateError::Timeout
-            | CreateError::Malformed => resp::text(status, "Не удалось прочитать форму.\n"),
-            CreateError::Invalid(errors) => form_again(status, form, errors, None),
-            CreateError::RateLimited { .. } => form_again(
-                status,
-                form,
-                &FieldErrors::default(),
-                Some(
-                    "Слишком много заказов с вашего адреса. Подождите немного и нажмите «Заказать» ещё раз — введённые данные сохранены.",
-                ),
-            ),
-            CreateError::Submit(SubmitError::Unavailable(_)) => form_again(
-                status,
-                form,
-                &FieldErrors::default(),
-                Some(
-                    "Сейчас слишком много заказов. Нажмите «Заказать» ещё раз через несколько секунд — введённые данные сохранены.",
-                ),
-            ),
-            CreateError::Submit(SubmitError::Rejected { .. }) => form_again(
-                status,
-                form,
-                &FieldErrors::default(),
-                Some("Заказ не сохранён. Проверьте данные и попробуйте ещё раз."),
-            ),
-        }
+            | CreateError::Malformed => {
+                let page = MessagePage {
+                    frame: Frame::new(&state.locales, choice, "/"),
+                    title: &t.page.bad_request_title,
+                    message: &t.page.bad_request_message,
+                    number: None,
+                    phone: None,
+                    link: &t.page.back,
+                };
+                return resp::html(status, pages::render(&page));
+            }
+            CreateError::Invalid(errors) => (errors, t.form.fix_fields.clone()),
+            CreateError::RateLimited { .. } => {
+                (&FieldErrors::default(), t.form_rate_limited(seconds))
+            }
+            CreateError::Busy | CreateError::Submit(SubmitError::Unavailable(_)) => {
+                (&FieldErrors::default(), t.form_busy(seconds))
+            }
+            CreateError::Submit(SubmitError::Rejected { .. }) => {
+                (&FieldErrors::default(), t.form.not_saved.clone())
+            }
+        };
+        form_again(state, status, form, errors, notice, choice)
     };
-    match error {
-        CreateError::RateLimited { retry_after } => {
-            resp::retry_after(response, retry_after.as_secs_f64().ceil().max(1.0) as u64)
-        }
-        _ if status == StatusCode::SERVICE_UNAVAILABLE => {
-            resp::retry_after(response, state.retry_after_secs())
-        }
-        _ => response,
+    match retry_after {
+        Some(seconds) => resp::retry_after(response, seconds),
+        None => response,
     }
 }
 
 /// The form again with the shopper's input. The key is kept, so a resubmission after a 503 is
 /// the same order; a tampered key is replaced.
 fn form_again(
+    state: &AppState,
     status: StatusCode,
     form: &OrderForm,
     errors: &FieldErrors,
-    notice: Option<&'static str>,
+    notice: String,
+    choice: Choice,
 ) -> Response<Body> {
+    let t = state.locales.get(choice.lang);
     let key = match form.parsed_key() {
         Ok(Some(key)) => key,
         Ok(None) | Err(_) => Uuid::now_v7(),
     }
     .to_string();
+    let focus = if errors.name.is_some() {
+        Focus::Name
+    } else if errors.phone.is_some() {
+        Focus::Phone
+    } else {
+        Focus::None
+    };
+    let notice = if errors.key && errors.name.is_none() && errors.phone.is_none() {
+        t.key_error().to_owned()
+    } else {
+        notice
+    };
     let page = FormPage {
+        frame: Frame::new(&state.locales, choice, "/"),
         key: &key,
         name: &form.name,
         phone: &form.phone,
-        name_error: errors.name.as_ref().map(|e| e.message_ru()),
-        phone_error: errors.phone.as_ref().map(|e| e.message_ru()),
-        notice: notice.or(errors
-            .key
-            .then_some("Форма устарела. Отправьте её ещё раз.")),
+        name_error: errors.name.as_ref().map(|e| t.name_error(e)),
+        phone_error: errors.phone.as_ref().map(|e| t.phone_error(e).to_owned()),
+        notice: Some(notice),
+        focus,
     };
     resp::html(status, pages::render(&page))
 }
 
 /// `GET /orders/{id}`: accepted, being saved, or unknown (404); 503 when nobody can tell now.
-pub async fn show(state: &AppState, id: &str, headers: &HeaderMap) -> Response<Body> {
-    let json = resp::wants_json(headers);
+pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Response<Body> {
+    let json = resp::wants_json(request.headers());
+    let choice = Choice::of_request(request);
+    let path = request.uri().path();
     let Ok(id) = Uuid::parse_str(id) else {
-        return not_found(json, None);
+        return not_found(state, json, None, choice, path);
     };
     match state.queue.status_or_queued(id).await {
         Ok(StatusReply {
             state: OrderState::Unknown,
             ..
-        }) => not_found(json, Some(id)),
+        }) => not_found(state, json, Some(id), choice, path),
         Ok(reply) => {
             let accepted = reply.state == OrderState::Accepted;
             if json {
                 let status = if accepted { "accepted" } else { "pending" };
                 return resp::json(StatusCode::OK, &json!({ "id": id, "status": status }));
             }
+            let t = state.locales.get(choice.lang);
             let number = pages::order_number(&id);
-            let page = if accepted {
-                OrderPage {
-                    heading: "Ваш заказ принят",
-                    message: "Спасибо! Мы сохранили заказ и скоро свяжемся с вами.",
-                    number: Some(&number),
-                    phone: reply.phone_masked.as_deref(),
-                    refresh: false,
-                }
+            let mut frame = Frame::new(&state.locales, choice, path);
+            let (title, message) = if accepted {
+                (&t.order.accepted_title, &t.order.accepted_message)
             } else {
-                OrderPage {
-                    heading: "Заказ сохраняется",
-                    message: "Мы получили заказ и записываем его. Страница обновится сама.",
-                    number: Some(&number),
-                    phone: reply.phone_masked.as_deref(),
-                    refresh: true,
-                }
+                frame.refresh = Some(PENDING_REFRESH_SECS);
+                (&t.order.pending_title, &t.order.pending_message)
+            };
+            let page = MessagePage {
+                frame,
+                title,
+                message,
+                number: Some(&number),
+                phone: reply.phone_masked.as_deref(),
+                link: &t.order.another,
             };
             resp::html(StatusCode::OK, pages::render(&page))
         }
         Err(error) => {
             tracing::warn!(%error, order_id = %id, "order status unavailable");
+            let seconds = state.retry_after_secs();
             let response = if json {
                 resp::json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({ "id": id, "error": "status unavailable" }),
                 )
             } else {
-                let page = OrderPage {
-                    heading: "Состояние заказа пока неизвестно",
-                    message: "Не удалось узнать состояние заказа. Страница обновится сама.",
+                let t = state.locales.get(choice.lang);
+                let mut frame = Frame::new(&state.locales, choice, path);
+                frame.refresh = Some(seconds);
+                let message = t.unknown_message(seconds);
+                let page = MessagePage {
+                    frame,
+                    title: &t.order.unknown_title,
+                    message: &message,
                     number: None,
                     phone: None,
-                    refresh: true,
+                    link: &t.order.another,
                 };
                 resp::html(StatusCode::SERVICE_UNAVAILABLE, pages::render(&page))
             };
-            resp::retry_after(response, state.retry_after_secs())
+            resp::retry_after(response, seconds)
         }
     }
 }
 
-fn not_found(json: bool, id: Option<Uuid>) -> Response<Body> {
+/// How often the "being saved" page reloads itself: the reply timeout is seconds, so the
+/// answer is usually there on the first reload.
+const PENDING_REFRESH_SECS: u64 = 2;
+
+fn not_found(
+    state: &AppState,
+    json: bool,
+    id: Option<Uuid>,
+    choice: Choice,
+    path: &str,
+) -> Response<Body> {
     if json {
         return resp::json(
             StatusCode::NOT_FOUND,
             &json!({ "id": id, "status": "unknown" }),
         );
     }
-    let page = OrderPage {
-        heading: "Заказ не найден",
-        message: "Такого заказа нет. Проверьте ссылку или оформите заказ заново.",
+    let t = state.locales.get(choice.lang);
+    let page = MessagePage {
+        frame: Frame::new(&state.locales, choice, path),
+        title: &t.order.not_found_title,
+        message: &t.order.not_found_message,
         number: None,
         phone: None,
-        refresh: false,
+        link: &t.order.another,
     };
     resp::html(StatusCode::NOT_FOUND, pages::render(&page))
 }
