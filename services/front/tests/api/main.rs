@@ -7,4 +7,5 @@ mod helpers;
 mod hostile;
 mod metrics;
 mod orders;
+mod pages;
 mod tracing;
