@@ -33,6 +33,11 @@ async fn an_order_is_one_trace_across_nats_and_the_database_span_links_to_it() {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     let _guard = tracing::subscriber::set_default(subscriber);
     let app = spawn_app(Backend::Sqlite).await;
+    // tracing caches each callsite's interest process-wide. A test on another thread that hits
+    // a callsite first, while `set_default` above was registering, can leave "never" cached
+    // for it (seen once: no "POST /orders" span). Recompute now, with this subscriber
+    // counted; a callsite first hit from here on counts it anyway.
+    tracing::callsite::rebuild_interest_cache();
 
     let response = app
         .post_form(
