@@ -43,36 +43,51 @@ impl Lang {
         }
     }
 
-    /// The language the browser weighs highest among ours (RFC 9110 §12.5.4); on a tie the one
-    /// listed first; Russian when it names none of them. A malformed entry is skipped, never an
+    /// The language the browser weighs highest among ours (RFC 9110 §12.5.4): a language's
+    /// weight is its best entry's (`en-US` and `en` both name English), else that of `*` (any
+    /// language not named); on a tie the one listed first wins, and Russian when the browser
+    /// names none of ours or refuses them all (`q=0`). A malformed entry is skipped, never an
     /// error: the header is only a hint.
     pub fn from_accept_language(headers: &HeaderMap) -> Self {
-        let mut best: Option<(Self, u16)> = None;
-        for value in headers.get_all(header::ACCEPT_LANGUAGE) {
-            let Ok(value) = value.to_str() else { continue };
-            for entry in value.split(',') {
-                let mut parts = entry.split(';');
-                let tag = parts.next().unwrap_or_default().trim();
-                // `*` is "any other language": ours is then the default.
-                let lang = if tag == "*" {
-                    Self::DEFAULT
-                } else if let Some(lang) = Self::from_tag(tag) {
-                    lang
-                } else {
-                    continue;
-                };
-                let weight = parts
-                    .find_map(|param| param.trim().strip_prefix("q="))
-                    .map_or(Some(1000), parse_weight);
-                match weight {
-                    Some(weight) if weight > 0 && best.is_none_or(|(_, b)| weight > b) => {
-                        best = Some((lang, weight));
-                    }
-                    _ => {}
-                }
+        // (weight in thousandths, position of the entry) for Russian, English, and `*`.
+        let mut named: [Option<(u16, usize)>; 2] = [None, None];
+        let mut wildcard: Option<(u16, usize)> = None;
+        let entries = headers
+            .get_all(header::ACCEPT_LANGUAGE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','));
+        for (position, entry) in entries.enumerate() {
+            let mut parts = entry.split(';');
+            let tag = parts.next().unwrap_or_default().trim();
+            let weight = parts
+                .find_map(|param| {
+                    let (key, value) = param.split_once('=')?;
+                    key.trim().eq_ignore_ascii_case("q").then_some(value)
+                })
+                .map_or(Some(1000), parse_weight);
+            let Some(weight) = weight else { continue };
+            let slot = if tag == "*" {
+                &mut wildcard
+            } else if let Some(lang) = Self::from_tag(tag) {
+                &mut named[lang as usize]
+            } else {
+                continue;
+            };
+            if slot.is_none_or(|(best, _)| weight > best) {
+                *slot = Some((weight, position));
             }
         }
-        best.map_or(Self::DEFAULT, |(lang, _)| lang)
+        let mut chosen = (Self::DEFAULT, 0, usize::MAX);
+        for lang in [Self::Ru, Self::En] {
+            let Some((weight, position)) = named[lang as usize].or(wildcard) else {
+                continue;
+            };
+            if weight > chosen.1 || (weight == chosen.1 && weight > 0 && position < chosen.2) {
+                chosen = (lang, weight, position);
+            }
+        }
+        chosen.0
     }
 
     /// CLDR plural category of `n` for this language.
@@ -207,7 +222,10 @@ pub struct OrderTexts {
     pub pending_title: String,
     pub pending_message: String,
     pub unknown_title: String,
-    unknown_message: String,
+    pub unknown_message: String,
+    refreshing: String,
+    pub stop_refresh: String,
+    pub check_again: String,
     pub not_found_title: String,
     pub not_found_message: String,
 }
@@ -278,8 +296,9 @@ impl Texts {
         self.with_seconds(&self.page.busy_message, n)
     }
 
-    pub fn unknown_message(&self, n: u64) -> String {
-        self.with_seconds(&self.order.unknown_message, n)
+    /// "This page refreshes by itself in N seconds".
+    pub fn refreshing(&self, n: u64) -> String {
+        self.with_seconds(&self.order.refreshing, n)
     }
 
     pub fn name_error(&self, error: &NameError) -> String {
@@ -390,7 +409,6 @@ mod tests {
             ("de, en;q=0.5, ru;q=0.4", Lang::En),
             ("ru;q=0.3, en;q=0.7", Lang::En),
             ("en;q=0.5, ru;q=0.5", Lang::En),
-            ("en;q=0, ru;q=0.1", Lang::Ru),
             ("en;q=0", Lang::Ru),
             ("en;q=2, ru;q=0.5", Lang::Ru),
             ("en;q=abc, ru;q=0.001", Lang::Ru),
@@ -398,6 +416,12 @@ mod tests {
             ("en;q=1.000", Lang::En),
             ("*, en;q=0.1", Lang::Ru),
             ("fr, *;q=0.5, en;q=0.8", Lang::En),
+            ("ru;q=0.1, *", Lang::En),
+            ("ru;q=0, *", Lang::En),
+            ("*", Lang::Ru),
+            ("en;Q=0, ru;q=0.2", Lang::Ru),
+            ("en-US;q=0, en;q=0.9, ru;q=0.5", Lang::En),
+            ("en ; q = 0.8 , ru;q=0.7", Lang::En),
             (";;;,,,=;q=", Lang::Ru),
         ];
         for (header, expected) in cases {
