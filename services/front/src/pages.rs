@@ -75,6 +75,17 @@ pub struct MessagePage<'a> {
     pub phone: Option<&'a str>,
     /// The link back to the form: "place another order" or "back to the form".
     pub link: &'a str,
+    /// "This page refreshes by itself…", while it does.
+    pub note: Option<String>,
+    /// Stop the self-refresh, or check again by hand once it is stopped.
+    pub action: Option<Link<'a>>,
+}
+
+/// A link with its text.
+#[derive(Debug)]
+pub struct Link<'a> {
+    pub href: String,
+    pub text: &'a str,
 }
 
 /// Renders a page; a template error (a bug, not input) becomes a plain apology.

@@ -148,6 +148,8 @@ fn message_page(
         number: None,
         phone: None,
         link: &t.page.back,
+        note: None,
+        action: None,
     };
     resp::html(status, pages::render(&page))
 }
@@ -170,6 +172,8 @@ fn busy(state: &AppState, request: &Request<Incoming>) -> Response<Body> {
             number: None,
             phone: None,
             link: &t.page.back,
+            note: None,
+            action: None,
         };
         resp::html(StatusCode::SERVICE_UNAVAILABLE, pages::render(&page))
     };

@@ -16,8 +16,9 @@ use uuid::Uuid;
 use super::AppState;
 use crate::form::{FieldErrors, OrderForm};
 use crate::http::{self as resp, Body};
+use crate::i18n::Texts;
 use crate::i18n::{Choice, Lang};
-use crate::pages::{self, Focus, FormPage, Frame, MessagePage};
+use crate::pages::{self, Focus, FormPage, Frame, Link, MessagePage};
 use crate::queue::{SubmitError, Submitted};
 
 /// Why a submission got no order: each variant is one answer.
@@ -204,6 +205,8 @@ fn create_failed(
                     number: None,
                     phone: None,
                     link: &t.page.back,
+                    note: None,
+                    action: None,
                 };
                 return resp::html(status, pages::render(&page));
             }
@@ -218,7 +221,10 @@ fn create_failed(
                 (&FieldErrors::default(), t.form.not_saved.clone())
             }
         };
-        form_again(state, status, form, errors, notice, choice)
+        // A rejected order's id is spent (dead-lettered, and remembered by the stream's
+        // duplicate window): pressing "Order" again must be a new order, so a new key.
+        let rejected = matches!(error, CreateError::Submit(SubmitError::Rejected { .. }));
+        form_again(state, status, form, errors, notice, choice, !rejected)
     };
     match retry_after {
         Some(seconds) => resp::retry_after(response, seconds),
@@ -226,8 +232,8 @@ fn create_failed(
     }
 }
 
-/// The form again with the shopper's input. The key is kept, so a resubmission after a 503 is
-/// the same order; a tampered key is replaced.
+/// The form again with the shopper's input. With `keep_key`, a resubmission (after a 503, say)
+/// is the same order; a tampered key is replaced either way.
 fn form_again(
     state: &AppState,
     status: StatusCode,
@@ -235,11 +241,12 @@ fn form_again(
     errors: &FieldErrors,
     notice: String,
     choice: Choice,
+    keep_key: bool,
 ) -> Response<Body> {
     let t = state.locales.get(choice.lang);
     let key = match form.parsed_key() {
-        Ok(Some(key)) => key,
-        Ok(None) | Err(_) => Uuid::now_v7(),
+        Ok(Some(key)) if keep_key => key,
+        _ => Uuid::now_v7(),
     }
     .to_string();
     let focus = if errors.name.is_some() {
@@ -289,11 +296,12 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
             let t = state.locales.get(choice.lang);
             let number = pages::order_number(&id);
             let mut frame = Frame::new(&state.locales, choice, path);
-            let (title, message) = if accepted {
-                (&t.order.accepted_title, &t.order.accepted_message)
+            let (title, message, (note, action)) = if accepted {
+                let done = (None, None);
+                (&t.order.accepted_title, &t.order.accepted_message, done)
             } else {
-                frame.refresh = Some(PENDING_REFRESH_SECS);
-                (&t.order.pending_title, &t.order.pending_message)
+                let refresh = refreshing(&mut frame, request, t, PENDING_REFRESH_SECS, choice);
+                (&t.order.pending_title, &t.order.pending_message, refresh)
             };
             let page = MessagePage {
                 frame,
@@ -302,6 +310,8 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
                 number: Some(&number),
                 phone: reply.phone_masked.as_deref(),
                 link: &t.order.another,
+                note,
+                action,
             };
             resp::html(StatusCode::OK, pages::render(&page))
         }
@@ -316,20 +326,58 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
             } else {
                 let t = state.locales.get(choice.lang);
                 let mut frame = Frame::new(&state.locales, choice, path);
-                frame.refresh = Some(seconds);
-                let message = t.unknown_message(seconds);
+                let (note, action) = refreshing(&mut frame, request, t, seconds, choice);
                 let page = MessagePage {
                     frame,
                     title: &t.order.unknown_title,
-                    message: &message,
+                    message: &t.order.unknown_message,
                     number: None,
                     phone: None,
                     link: &t.order.another,
+                    note,
+                    action,
                 };
                 resp::html(StatusCode::SERVICE_UNAVAILABLE, pages::render(&page))
             };
             resp::retry_after(response, seconds)
         }
+    }
+}
+
+/// A page whose answer may still change reloads itself every `seconds`, and offers to stop
+/// (`?refresh=off`): a page that reloads forever with no way out fails WCAG 2.2.1, and a screen
+/// reader starts over at each reload. Stopped, it offers to check again by hand.
+fn refreshing<'t>(
+    frame: &mut Frame<'_>,
+    request: &Request<Incoming>,
+    t: &'t Texts,
+    seconds: u64,
+    choice: Choice,
+) -> (Option<String>, Option<Link<'t>>) {
+    let stopped = request
+        .uri()
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair == "refresh=off"));
+    let query = match choice.query() {
+        "" => "?refresh=off".to_owned(),
+        lang => format!("{lang}&refresh=off"),
+    };
+    let href = format!("{}{query}", request.uri().path());
+    if stopped {
+        (
+            None,
+            Some(Link {
+                href,
+                text: &t.order.check_again,
+            }),
+        )
+    } else {
+        frame.refresh = Some(seconds);
+        let link = Link {
+            href,
+            text: &t.order.stop_refresh,
+        };
+        (Some(t.refreshing(seconds)), Some(link))
     }
 }
 
@@ -358,6 +406,8 @@ fn not_found(
         number: None,
         phone: None,
         link: &t.order.another,
+        note: None,
+        action: None,
     };
     resp::html(StatusCode::NOT_FOUND, pages::render(&page))
 }

@@ -272,7 +272,23 @@ async fn being_saved_refreshes_itself_in_both_languages() {
             html.contains("<meta http-equiv=\"refresh\" content=\"2\">"),
             "{html}"
         );
+        // The shopper can stop the reloading (WCAG 2.2.1) and check by hand instead.
+        let stop = format!("/orders/{id}?refresh=off");
+        assert!(html.contains(&format!("href=\"{stop}\"")), "{html}");
+        let (status, stopped) = page(&app, &stop, accept).await;
+        assert_eq!(status, 200);
+        assert!(
+            stopped.contains(&format!("<h1>{heading}</h1>")),
+            "{stopped}"
+        );
+        assert!(!stopped.contains("http-equiv"), "no reload: {stopped}");
+        assert!(stopped.contains(&format!("href=\"{stop}\"")), "check again");
     }
+    let (_, picked) = page(&app, &format!("/orders/{id}?lang=en"), None).await;
+    assert!(
+        picked.contains(&format!("href=\"/orders/{id}?lang=en&#38;refresh=off\"")),
+        "the stop link keeps a picked language: {picked}"
+    );
     app.stop().await;
 }
 
@@ -386,10 +402,15 @@ async fn the_page_is_light_and_its_static_files_are_hashed_and_kept_for_a_year()
 async fn every_answer_carries_the_security_headers() {
     let app = spawn_app(Backend::Sqlite).await;
     let order = post(&app, "name=Anna&phone=89991234567", None).await;
+    let invalid = post(&app, "name=&phone=1", None).await;
     let location = order.headers()["location"]
         .to_str()
         .expect("ASCII")
         .to_owned();
+    let mut answers = vec![
+        ("POST 303".to_owned(), order),
+        ("POST 422".to_owned(), invalid),
+    ];
     for path in [
         "/",
         &location,
@@ -398,7 +419,9 @@ async fn every_answer_carries_the_security_headers() {
         "/healthz",
         "/static/style.css",
     ] {
-        let response = app.get(path).await;
+        answers.push((path.to_owned(), app.get(path).await));
+    }
+    for (path, response) in &answers {
         let headers = response.headers();
         let csp = headers["content-security-policy"].to_str().expect("ASCII");
         assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
