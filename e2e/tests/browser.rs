@@ -197,14 +197,14 @@ async fn a_shopper_orders_in_russian_and_in_english_with_javascript_off() {
             "ru",
             "Мария",
             "+7 912 000-00-04",
-            "секунд",
+            "через 5 секунд",
             "Ваш заказ принят",
         ),
         (
             "en",
             "Mary",
             "+7 912 000-00-05",
-            "second",
+            "in 5 seconds",
             "Your order is accepted",
         ),
     ] {
@@ -220,6 +220,7 @@ async fn a_shopper_orders_in_russian_and_in_english_with_javascript_off() {
         assert_eq!(value(c, "phone").await, phone, "input kept");
         browser.shot(&format!("{lang}-6-busy")).await;
         stack.nats.restart().expect("nats back");
+        let rows = stack.rows().await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             submit(c).await;
@@ -232,6 +233,13 @@ async fn a_shopper_orders_in_russian_and_in_english_with_javascript_off() {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        let url = c.current_url().await.expect("url").to_string();
+        assert!(stack.committed(&url).await);
+        assert_eq!(
+            stack.rows().await,
+            rows + 1,
+            "every retry was the same order"
+        );
     }
 
     // An order the database can never take: "not saved, try again", input kept.
@@ -251,6 +259,15 @@ async fn a_shopper_orders_in_russian_and_in_english_with_javascript_off() {
         assert_eq!(value(c, "name").await, "Яд");
         browser.shot(&format!("{lang}-7-not-saved")).await;
     }
+    // Once the cause is fixed, "Order" again is a new order (the rejected id is spent).
+    stack
+        .db
+        .execute_unprepared("ALTER TABLE orders DROP CONSTRAINT no_poison")
+        .await
+        .expect("constraint dropped");
+    submit(c).await;
+    let order = wait_for_heading(c, "Your order is accepted").await;
+    assert!(stack.committed(&order).await);
 
     browser.close().await;
 }
