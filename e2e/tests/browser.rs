@@ -1,6 +1,7 @@
 //! The shopper's page in a real browser: headless Chromium, driven over WebDriver
 //! (chromedriver), with JavaScript switched off, against the real front and worker processes.
-//! Every page it reaches is kept as a screenshot in `target/browser-screenshots/`.
+//! Every page it reaches must fit 320 px and pass axe-core's WCAG 2.2 A/AA rules, and is kept
+//! as a screenshot in `target/browser-screenshots/`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,7 +20,7 @@ const PHONE_WIDTH: u32 = 320;
 #[tokio::test]
 async fn a_shopper_orders_in_russian_and_in_english_with_javascript_off() {
     let mut stack = Stack::new().await;
-    let browser = Browser::start().await;
+    let browser = Browser::start(&stack.url("")).await;
     let c = &browser.client;
 
     // Russian, the default: an invalid phone comes back marked, with the input kept.
@@ -377,18 +378,24 @@ fn order_id(url: &str) -> uuid::Uuid {
     uuid::Uuid::parse_str(id).unwrap_or_else(|_| panic!("not an order page: {url}"))
 }
 
-/// Headless Chromium under chromedriver, JavaScript off, phone-sized.
+/// Headless Chromium under chromedriver, JavaScript off, phone-sized; and beside it a second
+/// session with JavaScript on, where each page the shopper saw is checked for accessibility.
 struct Browser {
     client: Client,
+    /// axe-core needs timers, which do not run with JavaScript off: each page is copied here
+    /// (same origin, so the same stylesheet) and checked.
+    checker: Client,
+    /// axe-core's source, run through the driver (the pages themselves run no script).
+    axe: String,
     driver: Child,
     shots: PathBuf,
-    _profile: tempfile::TempDir,
+    _profiles: [tempfile::TempDir; 2],
 }
 
 impl Browser {
-    async fn start() -> Self {
+    /// `origin`: the front, whose 404 page the checker starts from.
+    async fn start(origin: &str) -> Self {
         let chromedriver = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
-        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let port = free_port().expect("port");
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
@@ -401,54 +408,34 @@ impl Browser {
                      chromium and chromium-driver packages (`just test` installs them)"
                 )
             });
-        let profile = tempfile::tempdir().expect("profile dir");
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": chromium,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-                // A phone's viewport: headless windows are never narrower than 500 pixels.
-                "mobileEmulation": {
-                    // Without touch: chromedriver's clicks under touch emulation stall for ~30 s each.
-                    "deviceMetrics": { "width": PHONE_WIDTH, "height": 720, "pixelRatio": 1.0, "touch": false },
-                },
-                "prefs": {
-                    // A Russian browser, so the default page is what Russian shoppers see.
-                    "intl.accept_languages": "ru-RU,ru",
-                    // The page must work without JavaScript: switch it off.
-                    "profile.managed_default_content_settings.javascript": 2,
-                },
-            }),
-        );
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = loop {
-            match ClientBuilder::new(HttpConnector::new())
-                .capabilities(capabilities.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(client) => break client,
-                Err(error) if Instant::now() < deadline => {
-                    let _ = error;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => panic!("no WebDriver session: {error}"),
-            }
-        };
+        let profiles = [
+            tempfile::tempdir().expect("profile dir"),
+            tempfile::tempdir().expect("profile dir"),
+        ];
+        let client = session(&url, &profiles[0], false).await;
+        let checker = session(&url, &profiles[1], true).await;
+        checker
+            .goto(&format!("{origin}/nothing-here"))
+            .await
+            .expect("checker on the front's origin");
+        let axe_path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("a11y/node_modules/axe-core/axe.min.js");
+        let axe = std::fs::read_to_string(&axe_path).unwrap_or_else(|error| {
+            panic!(
+                "{}: {error}; install it with `npm ci --prefix e2e/a11y` (just test does)",
+                axe_path.display()
+            )
+        });
         let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-screenshots");
         std::fs::create_dir_all(&shots).expect("screenshot folder");
         Self {
             client,
+            checker,
+            axe,
             driver,
             shots,
-            _profile: profile,
+            _profiles: profiles,
         }
     }
 
@@ -466,14 +453,101 @@ impl Browser {
             json!(PHONE_WIDTH),
             "{name} scrolls sideways at {PHONE_WIDTH} px"
         );
+        let violations = self.accessibility_violations().await;
+        assert!(
+            violations.is_empty(),
+            "{name} fails WCAG checks: {violations:#?}"
+        );
         let png = self.client.screenshot().await.expect("screenshot");
         std::fs::write(self.shots.join(format!("{name}.png")), png).expect("write screenshot");
     }
 
+    /// axe-core's WCAG 2.2 A and AA rules (labels, contrast, names, ids, language, landmarks…)
+    /// on the page as it is now; each violation as "rule: how many elements — what it asks".
+    async fn accessibility_violations(&self) -> Vec<String> {
+        let html = self.client.source().await.expect("page source");
+        // Without its self-refresh, or the copy would navigate away mid-check.
+        let html = html.replace("http-equiv=\"refresh\"", "data-refresh=\"\"");
+        self.checker
+            .execute_async(
+                "const [html, done] = arguments;
+                 document.open(); document.write(html); document.close();
+                 const ready = () => document.readyState === 'complete'
+                     && [...document.styleSheets].every(sheet => sheet.cssRules.length > 0);
+                 const wait = () => ready() ? done(true) : setTimeout(wait, 20);
+                 wait();",
+                vec![json!(html)],
+            )
+            .await
+            .expect("the page copied into the checker, stylesheet loaded");
+        self.checker
+            .execute(&self.axe, vec![])
+            .await
+            .expect("axe-core loads");
+        let result = self
+            .checker
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, { runOnly: { type: 'tag', values:
+                     ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa'] } })
+                   .then(r => done(r.violations.map(v =>
+                       v.id + ': ' + v.nodes.length + ' — ' + v.help)))
+                   .catch(e => done(['axe failed: ' + e]));",
+                vec![],
+            )
+            .await
+            .expect("axe-core runs");
+        serde_json::from_value(result).expect("a list of violations")
+    }
+
     async fn close(mut self) {
         let _ = self.client.clone().close().await;
+        let _ = self.checker.clone().close().await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// A WebDriver session: a Russian, phone-sized Chromium, JavaScript on or off.
+async fn session(driver: &str, profile: &tempfile::TempDir, javascript: bool) -> Client {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+            // A phone's viewport: headless windows are never narrower than 500 pixels.
+            "mobileEmulation": {
+                // Without touch: chromedriver's clicks under touch emulation stall ~30 s each.
+                "deviceMetrics": { "width": PHONE_WIDTH, "height": 720, "pixelRatio": 1.0, "touch": false },
+            },
+            "prefs": {
+                // A Russian browser, so the default page is what Russian shoppers see.
+                "intl.accept_languages": "ru-RU,ru",
+                // The shopper's pages must work without JavaScript: off (2) for the shopper.
+                "profile.managed_default_content_settings.javascript": if javascript { 1 } else { 2 },
+            },
+        }),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities.clone())
+            .connect(driver)
+            .await
+        {
+            Ok(client) => return client,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("no WebDriver session: {error}"),
+        }
     }
 }
 
