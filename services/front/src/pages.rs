@@ -81,6 +81,22 @@ pub struct MessagePage<'a> {
     pub action: Option<Link<'a>>,
 }
 
+impl<'a> MessagePage<'a> {
+    /// A page that says one thing and leads back to the form: not found, busy, bad request.
+    pub fn plain(frame: Frame<'a>, title: &'a str, message: &'a str, link: &'a str) -> Self {
+        Self {
+            frame,
+            title,
+            message,
+            number: None,
+            phone: None,
+            link,
+            note: None,
+            action: None,
+        }
+    }
+}
+
 /// A link with its text.
 #[derive(Debug)]
 pub struct Link<'a> {

@@ -125,33 +125,19 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
         (_, _, path) if path.starts_with("/orders/") || path.starts_with("/static/") => {
             not_allowed("GET, HEAD")
         }
-        _ => message_page(state, &request, StatusCode::NOT_FOUND, |t| {
-            (&t.page.not_found_title, &t.page.not_found_message)
-        }),
+        _ => {
+            let choice = Choice::of_request(&request);
+            let t = state.locales.get(choice.lang);
+            let frame = Frame::new(&state.locales, choice, "/");
+            let page = MessagePage::plain(
+                frame,
+                &t.page.not_found_title,
+                &t.page.not_found_message,
+                &t.page.back,
+            );
+            resp::html(StatusCode::NOT_FOUND, pages::render(&page))
+        }
     }
-}
-
-/// A page with a heading, a message and the way back to the form, in the request's language.
-fn message_page(
-    state: &AppState,
-    request: &Request<Incoming>,
-    status: StatusCode,
-    texts: impl for<'t> Fn(&'t crate::i18n::Texts) -> (&'t String, &'t String),
-) -> Response<Body> {
-    let choice = Choice::of_request(request);
-    let t = state.locales.get(choice.lang);
-    let (title, message) = texts(t);
-    let page = MessagePage {
-        frame: Frame::new(&state.locales, choice, "/"),
-        title,
-        message,
-        number: None,
-        phone: None,
-        link: &t.page.back,
-        note: None,
-        action: None,
-    };
-    resp::html(status, pages::render(&page))
 }
 
 fn busy(state: &AppState, request: &Request<Incoming>) -> Response<Body> {
@@ -165,16 +151,8 @@ fn busy(state: &AppState, request: &Request<Incoming>) -> Response<Body> {
         let choice = Choice::of_request(request);
         let t = state.locales.get(choice.lang);
         let message = t.busy_message(seconds);
-        let page = MessagePage {
-            frame: Frame::new(&state.locales, choice, "/"),
-            title: &t.page.busy_title,
-            message: &message,
-            number: None,
-            phone: None,
-            link: &t.page.back,
-            note: None,
-            action: None,
-        };
+        let frame = Frame::new(&state.locales, choice, "/");
+        let page = MessagePage::plain(frame, &t.page.busy_title, &message, &t.page.back);
         resp::html(StatusCode::SERVICE_UNAVAILABLE, pages::render(&page))
     };
     resp::retry_after(response, seconds)

@@ -198,16 +198,12 @@ fn create_failed(
             | CreateError::PayloadTooLarge
             | CreateError::Timeout
             | CreateError::Malformed => {
-                let page = MessagePage {
-                    frame: Frame::new(&state.locales, choice, "/"),
-                    title: &t.page.bad_request_title,
-                    message: &t.page.bad_request_message,
-                    number: None,
-                    phone: None,
-                    link: &t.page.back,
-                    note: None,
-                    action: None,
-                };
+                let page = MessagePage::plain(
+                    Frame::new(&state.locales, choice, "/"),
+                    &t.page.bad_request_title,
+                    &t.page.bad_request_message,
+                    &t.page.back,
+                );
                 return resp::html(status, pages::render(&page));
             }
             CreateError::Invalid(errors) => (errors, t.form.fix_fields.clone()),
@@ -399,15 +395,11 @@ fn not_found(
         );
     }
     let t = state.locales.get(choice.lang);
-    let page = MessagePage {
-        frame: Frame::new(&state.locales, choice, path),
-        title: &t.order.not_found_title,
-        message: &t.order.not_found_message,
-        number: None,
-        phone: None,
-        link: &t.order.another,
-        note: None,
-        action: None,
-    };
+    let page = MessagePage::plain(
+        Frame::new(&state.locales, choice, path),
+        &t.order.not_found_title,
+        &t.order.not_found_message,
+        &t.order.another,
+    );
     resp::html(StatusCode::NOT_FOUND, pages::render(&page))
 }
