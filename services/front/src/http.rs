@@ -54,6 +54,16 @@ pub fn retry_after(mut response: Response<Body>, seconds: u64) -> Response<Body>
     response
 }
 
+/// The raw value of `key` in a URI query (first occurrence). Not percent-decoded: the front's
+/// own parameters (`lang`, `refresh`) take only ASCII letters, and an encoded value simply
+/// matches none of them.
+pub fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        pair.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix('='))
+    })
+}
+
 /// Whether the client asked for JSON rather than a page.
 pub fn wants_json(headers: &HeaderMap) -> bool {
     headers

@@ -5,6 +5,8 @@ use finalprice_shared::domain::{NameError, PhoneError};
 use http::header::{self, HeaderMap};
 use serde::Deserialize;
 
+use crate::http::query_value;
+
 /// A language the pages are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
@@ -156,7 +158,10 @@ impl Choice {
 
     /// For a request: its query's `lang`, else `Accept-Language`.
     pub fn of_request<B>(request: &http::Request<B>) -> Self {
-        Self::resolve(query_lang(request.uri().query()), request.headers())
+        Self::resolve(
+            query_value(request.uri().query(), "lang"),
+            request.headers(),
+        )
     }
 
     /// What a link within the site appends to keep this language: `""` or `?lang=…`.
@@ -167,14 +172,6 @@ impl Choice {
             (true, Lang::En) => "?lang=en",
         }
     }
-}
-
-/// `lang` from a query string. Codes are ASCII letters, so no percent-decoding is needed: an
-/// encoded value simply matches no language.
-fn query_lang(query: Option<&str>) -> Option<&str> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("lang="))
 }
 
 /// Every text of one language, as `ui/locales/<code>.toml` has them.
@@ -452,9 +449,12 @@ mod tests {
         assert_eq!((same.lang, same.query()), (Lang::En, ""));
         let nonsense = Choice::resolve(Some("xx"), &HeaderMap::new());
         assert_eq!((nonsense.lang, nonsense.query()), (Lang::Ru, ""));
-        let picked = Choice::resolve(query_lang(Some("a=1&lang=en")), &HeaderMap::new());
+        let picked = Choice::resolve(query_value(Some("a=1&lang=en"), "lang"), &HeaderMap::new());
         assert_eq!((picked.lang, picked.query()), (Lang::En, "?lang=en"));
-        assert_eq!(query_lang(Some("lang=%65n")).and_then(Lang::from_tag), None);
+        assert_eq!(
+            query_value(Some("lang=%65n"), "lang").and_then(Lang::from_tag),
+            None
+        );
     }
 
     #[test]

@@ -350,10 +350,7 @@ fn refreshing<'t>(
     seconds: u64,
     choice: Choice,
 ) -> (Option<String>, Option<Link<'t>>) {
-    let stopped = request
-        .uri()
-        .query()
-        .is_some_and(|query| query.split('&').any(|pair| pair == "refresh=off"));
+    let stopped = resp::query_value(request.uri().query(), "refresh") == Some("off");
     let query = match choice.query() {
         "" => "?refresh=off".to_owned(),
         lang => format!("{lang}&refresh=off"),
