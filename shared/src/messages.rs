@@ -1,7 +1,8 @@
 //! Wire messages between front and worker, and the NATS names they travel on.
 //!
 //! Order path: the front publishes a [`NewOrder`] on [`order_subject`] with the reply inbox in
-//! [`REPLY_TO_HEADER`]; the worker answers a [`Confirmation`] on that inbox after its commit.
+//! [`REPLY_TO_HEADER`]; the worker answers a [`Confirmation`] on that inbox after its commit,
+//! gathered per inbox and batch (see [`CONFIRMATIONS_TOKEN`]).
 //! Status path: the front asks [`STATUS_SUBJECT`] with an order id and a worker answers a
 //! [`StatusReply`].
 
@@ -74,6 +75,53 @@ pub struct Confirmation {
     pub id: Uuid,
     #[serde(flatten)]
     pub outcome: Outcome,
+}
+
+/// The last segment of a reply subject that gathers several confirmations: the worker answers
+/// every order of a batch whose reply-to is `<inbox>.<decimal token>` with one
+/// [`AddressedConfirmation`] list on `<inbox>.batch`, one message per inbox instead of one per
+/// order. Any other reply-to gets a single [`Confirmation`] on that subject.
+pub const CONFIRMATIONS_TOKEN: &str = "batch";
+
+/// Where the answer for `reply_to` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTarget<'a> {
+    /// Gathered with the other answers for `inbox` under this `token`.
+    Gathered { inbox: &'a str, token: u64 },
+    /// Answered alone on the subject itself.
+    Alone(&'a str),
+}
+
+impl<'a> ReplyTarget<'a> {
+    /// Reads the reply-to header's value.
+    pub fn of(reply_to: &'a str) -> Self {
+        match reply_to.rsplit_once('.') {
+            Some((inbox, token))
+                if !inbox.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                match token.parse() {
+                    Ok(token) => Self::Gathered { inbox, token },
+                    Err(_) => Self::Alone(reply_to),
+                }
+            }
+            _ => Self::Alone(reply_to),
+        }
+    }
+}
+
+/// The subject of the gathered confirmations for `inbox`.
+pub fn confirmations_subject(inbox: &str) -> String {
+    format!("{inbox}.{CONFIRMATIONS_TOKEN}")
+}
+
+/// One order's answer within a gathered message: for the waiter registered as `token`, with the
+/// trace context of the worker's span that sent it, as a W3C `traceparent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressedConfirmation {
+    pub token: u64,
+    pub confirmation: Confirmation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What became of one order.
@@ -202,6 +250,57 @@ mod tests {
             decode::<Confirmation>(&encode(&rejected)).expect("decodes"),
             rejected
         );
+    }
+
+    #[test]
+    fn numbered_reply_subjects_are_gathered_per_inbox_and_others_answered_alone() {
+        assert_eq!(
+            ReplyTarget::of("_INBOX.abc.17"),
+            ReplyTarget::Gathered {
+                inbox: "_INBOX.abc",
+                token: 17
+            }
+        );
+        for alone in [
+            "_INBOX.abc",
+            "_INBOX.abc.",
+            ".17",
+            "17",
+            "_INBOX.abc.1x",
+            "_INBOX.abc.99999999999999999999999",
+        ] {
+            assert_eq!(ReplyTarget::of(alone), ReplyTarget::Alone(alone), "{alone}");
+        }
+        assert_eq!(confirmations_subject("_INBOX.abc"), "_INBOX.abc.batch");
+        assert_eq!(
+            ReplyTarget::of(&confirmations_subject("_INBOX.abc")),
+            ReplyTarget::Alone("_INBOX.abc.batch"),
+            "the gathering subject is never mistaken for a waiter's"
+        );
+    }
+
+    #[test]
+    fn gathered_confirmations_round_trip() {
+        let gathered = vec![
+            AddressedConfirmation {
+                token: 1,
+                confirmation: Confirmation {
+                    id: Uuid::now_v7(),
+                    outcome: Outcome::Accepted,
+                },
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            },
+            AddressedConfirmation {
+                token: 2,
+                confirmation: Confirmation {
+                    id: Uuid::now_v7(),
+                    outcome: Outcome::Accepted,
+                },
+                traceparent: None,
+            },
+        ];
+        let decoded: Vec<AddressedConfirmation> = decode(&encode(&gathered)).expect("decodes");
+        assert_eq!(decoded, gathered);
     }
 
     #[test]

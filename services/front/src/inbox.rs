@@ -1,22 +1,33 @@
 //! One reply subscription per process: every request that expects an answer (an order's
 //! confirmation, a status reply) registers a token, names `<prefix>.<token>` as its reply
-//! subject, and is woken by the dispatcher. Entries leave the map when answered or when the
-//! waiter is dropped (timeout, client gone), so nothing leaks.
+//! subject, and is woken by the dispatcher. Workers answer a batch's orders together on
+//! `<prefix>.batch`; the dispatcher hands each waiter its own part. Entries leave the map when
+//! answered or when the waiter is dropped (timeout, client gone), so nothing leaks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_nats::{Client, Message, Subscriber};
+use finalprice_shared::messages::{self, AddressedConfirmation, CONFIRMATIONS_TOKEN};
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
+
+/// What a waiter receives.
+#[derive(Debug)]
+pub enum Reply {
+    /// A message of its own: a status reply, or a confirmation sent alone.
+    Message(Message),
+    /// Its part of the gathered confirmations.
+    Confirmation(AddressedConfirmation),
+}
 
 /// The process's reply inbox.
 #[derive(Debug)]
 pub struct Inbox {
     prefix: String,
     next_token: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Message>>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
 }
 
 impl Inbox {
@@ -47,7 +58,7 @@ impl Inbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Message>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
         // The map holds no invariant a panicking holder could break half-way.
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -57,18 +68,46 @@ impl Inbox {
 /// replies (slow consumer).
 async fn dispatch(mut subscriber: Subscriber, inbox: Arc<Inbox>) {
     while let Some(message) = subscriber.next().await {
-        let token = message
-            .subject
-            .rsplit_once('.')
-            .and_then(|(_, token)| token.parse::<u64>().ok());
-        let sender = token.and_then(|token| inbox.lock().remove(&token));
+        let token = message.subject.rsplit_once('.').map(|(_, token)| token);
+        if token == Some(CONFIRMATIONS_TOKEN) {
+            hand_out(&inbox, &message);
+            continue;
+        }
+        let sender = token
+            .and_then(|token| token.parse::<u64>().ok())
+            .and_then(|token| inbox.lock().remove(&token));
         match sender {
             // The waiter may have given up in between; then nobody needs this reply.
-            Some(sender) => drop(sender.send(message)),
+            Some(sender) => drop(sender.send(Reply::Message(message))),
             None => tracing::debug!("reply for a request that stopped waiting"),
         }
     }
     tracing::debug!("inbox subscription closed");
+}
+
+/// Gives each waiter of a gathered message its confirmation; one lock for the whole message.
+fn hand_out(inbox: &Inbox, message: &Message) {
+    let confirmations: Vec<AddressedConfirmation> = match messages::decode(&message.payload) {
+        Ok(confirmations) => confirmations,
+        Err(error) => {
+            // Its waiters fall back to "being saved" and a status request: nothing is claimed.
+            tracing::warn!(%error, "malformed gathered confirmations");
+            return;
+        }
+    };
+    let senders: Vec<_> = {
+        let mut waiting = inbox.lock();
+        confirmations
+            .into_iter()
+            .map(|confirmation| (waiting.remove(&confirmation.token), confirmation))
+            .collect()
+    };
+    for (sender, confirmation) in senders {
+        match sender {
+            Some(sender) => drop(sender.send(Reply::Confirmation(confirmation))),
+            None => tracing::debug!("confirmation for a request that stopped waiting"),
+        }
+    }
 }
 
 /// One pending request's end of the inbox.
@@ -76,7 +115,7 @@ async fn dispatch(mut subscriber: Subscriber, inbox: Arc<Inbox>) {
 pub struct Waiter {
     subject: String,
     token: u64,
-    receiver: oneshot::Receiver<Message>,
+    receiver: oneshot::Receiver<Reply>,
     inbox: Arc<Inbox>,
 }
 
@@ -87,7 +126,7 @@ impl Waiter {
     }
 
     /// The reply, once it arrives; `None` only if the dispatcher is gone. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Message> {
+    pub async fn recv(&mut self) -> Option<Reply> {
         (&mut self.receiver).await.ok()
     }
 }

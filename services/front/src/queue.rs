@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::inbox::{Inbox, Waiter};
+use crate::inbox::{Inbox, Reply, Waiter};
 use crate::metrics::{FrontMetrics, PublishFailure, WaitOutcome};
 
 /// First pause between status polls for a duplicate submission; doubles up to a quarter second.
@@ -53,6 +53,8 @@ pub enum StatusError {
     Publish(#[from] async_nats::PublishError),
     #[error("malformed status answer")]
     Malformed(#[from] messages::DecodeError),
+    #[error("an order confirmation came back instead of a status answer")]
+    NotAStatus,
 }
 
 /// How long each step of the order path may take before the front answers without it.
@@ -181,7 +183,7 @@ impl OrderQueue {
         let reply = tokio::time::timeout_at(deadline, waiter.recv())
             .instrument(tracing::info_span!("orders await confirmation", order_id = %id))
             .await;
-        let Ok(Some(message)) = reply else {
+        let Ok(Some(reply)) = reply else {
             return Ok(Submitted::Pending);
         };
         // The hand-back continues the worker's "orders confirm" span: the trace ends here.
@@ -191,9 +193,26 @@ impl OrderQueue {
             messaging.system = "nats",
             messaging.operation.type = "receive",
         );
-        telemetry::nats::set_parent_from(&received, message.headers.as_ref());
+        let confirmation = match reply {
+            Reply::Confirmation(addressed) => {
+                telemetry::nats::set_parent_from_traceparent(
+                    &received,
+                    addressed.traceparent.as_deref(),
+                );
+                Ok(addressed.confirmation)
+            }
+            Reply::Message(message) => {
+                telemetry::nats::set_parent_from(&received, message.headers.as_ref());
+                messages::decode::<Confirmation>(&message.payload)
+            }
+        };
         let _entered = received.enter();
-        match messages::decode::<Confirmation>(&message.payload) {
+        match confirmation {
+            // Never trust an answer about another order.
+            Ok(Confirmation { id: answered, .. }) if answered != id => {
+                tracing::warn!(order_id = %id, "confirmation names another order");
+                Ok(Submitted::Pending)
+            }
             Ok(Confirmation {
                 outcome: Outcome::Accepted,
                 ..
@@ -241,10 +260,13 @@ impl OrderQueue {
             )
             .await?;
         match tokio::time::timeout(self.timeouts.status, waiter.recv()).await {
-            Ok(Some(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => {
+            Ok(Some(Reply::Message(message)))
+                if message.status == Some(StatusCode::NO_RESPONDERS) =>
+            {
                 Err(StatusError::NoWorker)
             }
-            Ok(Some(message)) => Ok(messages::decode(&message.payload)?),
+            Ok(Some(Reply::Message(message))) => Ok(messages::decode(&message.payload)?),
+            Ok(Some(Reply::Confirmation(_))) => Err(StatusError::NotAStatus),
             Ok(None) | Err(_) => Err(StatusError::TimedOut),
         }
     }

@@ -1,5 +1,5 @@
 //! One batch of deliveries → one transaction → one outcome per order, then the confirmations
-//! and the acks, in that order: nothing is confirmed before its commit, nothing is acked before
+//! (one message per front inbox) and the acks, in that order: nothing is confirmed before its commit, nothing is acked before
 //! its confirmation is on the wire.
 //!
 //! A batch the database refuses is retried order by order, so one bad order cannot hold back
@@ -7,7 +7,7 @@
 //! dead-letter stream with its reason, its shopper (if still waiting) is told it was not saved,
 //! and only then is it removed from the queue.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,9 @@ use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, HeaderMap};
 use finalprice_db::entity::orders;
 use finalprice_shared::messages::{
-    self, Confirmation, DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_ORDER_ID_HEADER,
-    DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SEQUENCE_HEADER, NewOrder, Outcome, REPLY_TO_HEADER,
+    self, AddressedConfirmation, Confirmation, DEAD_LETTER_DELIVERIES_HEADER,
+    DEAD_LETTER_ORDER_ID_HEADER, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SEQUENCE_HEADER, NewOrder,
+    Outcome, REPLY_TO_HEADER, ReplyTarget,
 };
 use finalprice_shared::telemetry;
 use opentelemetry::trace::TraceContextExt;
@@ -220,15 +221,7 @@ async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), D
         inserted = fresh,
         "batch committed"
     );
-    for delivery in deliveries {
-        let confirmation = Confirmation {
-            id: delivery.order.id,
-            outcome: Outcome::Accepted,
-        };
-        reply(context, &delivery.message, &confirmation)
-            .instrument(delivery.span.clone())
-            .await;
-    }
+    confirm_accepted(context, deliveries).await;
     for delivery in deliveries {
         if let Err(error) = delivery.message.ack().await {
             // The row is committed; a redelivery will find it and confirm again.
@@ -349,7 +342,10 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
                 reason: reason.to_string(),
             },
         };
-        reply(context, message, &confirmation).await;
+        // Alone, whatever the reply-to: a dead letter is rare and the front reads both forms.
+        if let Some(inbox) = reply_to(message) {
+            reply(context, inbox, &confirmation).await;
+        }
     }
     if let Err(error) = message.ack_with(AckKind::Term).await {
         // Redelivered later, it is dead-lettered again under the same Nats-Msg-Id: one copy.
@@ -357,33 +353,89 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
     }
 }
 
-/// Sends a confirmation to the inbox the front named, carrying this order's trace context so
-/// the front's wait links to it.
-async fn reply(context: &BatchContext, message: &jetstream::Message, confirmation: &Confirmation) {
-    let Some(inbox) = message
+/// Tells the shoppers of committed deliveries: one message per front inbox for all the orders
+/// it waits on (nats-server and the front handle one message instead of hundreds), a message
+/// of its own for any other reply-to. Each order still gets its own confirm span in its trace.
+async fn confirm_accepted(context: &BatchContext, deliveries: &[Delivery]) {
+    let mut gathered: HashMap<&str, Vec<AddressedConfirmation>> = HashMap::new();
+    let mut spans = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let confirmation = Confirmation {
+            id: delivery.order.id,
+            outcome: Outcome::Accepted,
+        };
+        match reply_to(&delivery.message).map(ReplyTarget::of) {
+            Some(ReplyTarget::Gathered { inbox, token }) => {
+                let span = confirm_span(&delivery.span);
+                gathered
+                    .entry(inbox)
+                    .or_default()
+                    .push(AddressedConfirmation {
+                        token,
+                        confirmation,
+                        traceparent: telemetry::nats::traceparent_of(&span),
+                    });
+                spans.push(span);
+            }
+            Some(ReplyTarget::Alone(subject)) => {
+                reply(context, subject, &confirmation)
+                    .instrument(delivery.span.clone())
+                    .await;
+            }
+            None => {}
+        }
+    }
+    for (inbox, confirmations) in gathered {
+        // Bounded so that no batch size makes a message larger than nats-server takes.
+        for chunk in confirmations.chunks(MAX_GATHERED) {
+            let subject = messages::confirmations_subject(inbox);
+            if let Err(error) = context
+                .client
+                .publish(subject, messages::encode(&chunk))
+                .await
+            {
+                tracing::warn!(%error, orders = chunk.len(), "confirmations not sent");
+            }
+        }
+    }
+    drop(spans);
+}
+
+/// Confirmations per gathered message: at most ~180 bytes each (traceparent included), so a
+/// message stays under 48 KB, within the 64 KB `max_payload` of `nats/nats-server.conf`.
+const MAX_GATHERED: usize = 256;
+
+/// The inbox the front named for this order; `None` for orders replayed from the dead-letter
+/// stream or published by a tool, for which nobody waits.
+fn reply_to(message: &jetstream::Message) -> Option<&str> {
+    message
         .headers
         .as_ref()
         .and_then(|headers| headers.get(REPLY_TO_HEADER))
-    else {
-        // Replayed from the dead-letter stream, or published by a tool: nobody is waiting.
-        return;
-    };
-    let span = tracing::info_span!(
+        .map(|value| value.as_str())
+}
+
+/// The producer span of one order's confirmation, in that order's trace.
+fn confirm_span(parent: &tracing::Span) -> tracing::Span {
+    tracing::info_span!(
+        parent: parent,
         "orders confirm",
         otel.kind = "producer",
         messaging.system = "nats",
         messaging.operation.type = "send",
-    );
+    )
+}
+
+/// Sends one confirmation on `inbox`, carrying this order's trace context so the front's wait
+/// links to it.
+async fn reply(context: &BatchContext, inbox: &str, confirmation: &Confirmation) {
+    let span = confirm_span(&tracing::Span::current());
     let sent = async {
         let mut headers = HeaderMap::new();
         telemetry::nats::inject_current(&mut headers);
         context
             .client
-            .publish_with_headers(
-                inbox.as_str().to_owned(),
-                headers,
-                messages::encode(confirmation),
-            )
+            .publish_with_headers(inbox.to_owned(), headers, messages::encode(confirmation))
             .await
     }
     .instrument(span)

@@ -8,7 +8,8 @@ use async_nats::HeaderMap;
 use chrono::Utc;
 use finalprice_shared::domain::{Country, CustomerName, PhoneNumber};
 use finalprice_shared::messages::{
-    self, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, order_subject,
+    self, AddressedConfirmation, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER,
+    confirmations_subject, order_subject,
 };
 use finalprice_shared::nats;
 use finalprice_testkit::{Backend, NatsServer, TestDb};
@@ -103,6 +104,90 @@ async fn status_is_accepted_pending_or_unknown() {
         .await
         .expect("lookup");
     assert_eq!(unknown.state, OrderState::Unknown);
+}
+
+async fn next(subscriber: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(10), subscriber.next())
+        .await
+        .expect("a reply in time")
+        .expect("a reply")
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_front_inbox_with_one_message_and_other_reply_subjects_alone() {
+    let server = NatsServer::start().expect("nats-server");
+    let db = TestDb::new(Backend::Sqlite).await.expect("database");
+    let config = finalprice_testkit::config(&server, &db);
+    let client = nats::connect(&config.nats, "test").await.expect("nats");
+    let js = nats::jetstream(client.clone(), &config.nats);
+    nats::ensure_orders_stream(&js, &config.nats)
+        .await
+        .expect("stream");
+
+    // Two fronts' inboxes (numbered waiters, as the front names them) and a tool's plain inbox.
+    let (front_a, front_b, tool) = (client.new_inbox(), client.new_inbox(), client.new_inbox());
+    let mut replies_a = client.subscribe(format!("{front_a}.*")).await.expect("sub");
+    let mut replies_b = client.subscribe(format!("{front_b}.*")).await.expect("sub");
+    let mut replies_tool = client.subscribe(tool.clone()).await.expect("sub");
+    let mut sent = Vec::new();
+    for (reply_to, phone) in [
+        (format!("{front_a}.1"), "+79990000001"),
+        (format!("{front_b}.7"), "+79990000002"),
+        (format!("{front_a}.2"), "+79990000003"),
+        (tool.clone(), "+79990000004"),
+    ] {
+        let order = order(phone);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            order.id.to_string().as_str(),
+        );
+        headers.insert(REPLY_TO_HEADER, reply_to.as_str());
+        js.publish_with_headers(order_subject(order.id), headers, messages::encode(&order))
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+        sent.push(order.id);
+    }
+
+    // Queued before the worker starts, so its first fetch takes all four as one batch.
+    let worker = Application::build(&config).await.expect("worker");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
+    let gathered = |message: &async_nats::Message| {
+        let confirmations: Vec<AddressedConfirmation> =
+            messages::decode(&message.payload).expect("gathered confirmations");
+        confirmations
+            .into_iter()
+            .map(|c| {
+                assert_eq!(c.confirmation.outcome, Outcome::Accepted);
+                (c.token, c.confirmation.id)
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let to_a = next(&mut replies_a).await;
+    assert_eq!(to_a.subject.as_str(), confirmations_subject(&front_a));
+    assert_eq!(gathered(&to_a), vec![(1, sent[0]), (2, sent[2])]);
+    let to_b = next(&mut replies_b).await;
+    assert_eq!(to_b.subject.as_str(), confirmations_subject(&front_b));
+    assert_eq!(gathered(&to_b), vec![(7, sent[1])]);
+    let to_tool = next(&mut replies_tool).await;
+    let alone: Confirmation = messages::decode(&to_tool.payload).expect("a confirmation");
+    assert_eq!((alone.id, alone.outcome), (sent[3], Outcome::Accepted));
+
+    stop.cancel();
+    running
+        .await
+        .expect("joined")
+        .expect("worker stops cleanly");
+    // One message per inbox: nothing else arrived for either front.
+    client.flush().await.expect("flush");
+    for replies in [&mut replies_a, &mut replies_b] {
+        replies.unsubscribe().await.expect("unsubscribe");
+        assert!(replies.next().await.is_none(), "a second message");
+    }
 }
 
 #[tokio::test]

@@ -28,6 +28,51 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// A lone W3C `traceparent`, for trace context carried in a message body rather than headers.
+struct TraceParent(Option<String>);
+
+const TRACEPARENT: &str = "traceparent";
+
+impl Injector for TraceParent {
+    fn set(&mut self, key: &str, value: String) {
+        if key == TRACEPARENT {
+            self.0 = Some(value);
+        }
+    }
+}
+
+impl Extractor for TraceParent {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == TRACEPARENT).then_some(self.0.as_deref()).flatten()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
+    }
+}
+
+/// `span`'s context as a W3C `traceparent`; `None` if tracing is not exported.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let mut carrier = TraceParent(None);
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut carrier);
+    });
+    carrier.0
+}
+
+/// Makes the context in `traceparent` the parent of `span`, as [`set_parent_from`] does for
+/// headers.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(traceparent) = traceparent {
+        let carrier = TraceParent(Some(traceparent.to_owned()));
+        let context = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&carrier)
+        });
+        let _ = span.set_parent(context);
+    }
+}
+
 /// Writes the current span's context into `headers` (nothing if tracing is not exported).
 pub fn inject_current(headers: &mut HeaderMap) {
     let context = tracing::Span::current().context();
