@@ -109,6 +109,11 @@ impl Application {
             .header_read_timeout(state.http.header_read_timeout)
             .max_buf_size(state.http.max_header_bytes)
             .max_headers(state.http.max_headers)
+            // Also keeps hyper from reading ahead for an EOF while a request is handled, which
+            // would take a second 8 KiB read buffer per waiting request (the first is still
+            // held by the request's headers and body): ~40 MB at 10,000 waiting shoppers.
+            // A shopper who leaves mid-wait is noticed when the answer is written instead.
+            .half_close(true)
             .keep_alive(true);
         // A permit per connection, taken before accepting: past the cap, new connections wait
         // in the listen backlog while those held are served.

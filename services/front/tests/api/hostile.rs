@@ -100,6 +100,33 @@ async fn every_malformed_or_hostile_request_gets_its_own_answer() {
 }
 
 #[tokio::test]
+async fn a_client_that_closes_its_sending_side_after_the_order_still_gets_the_answer() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let key = uuid::Uuid::now_v7();
+    let request = post(
+        "application/x-www-form-urlencoded",
+        format!("name=Anna&phone=89991234567&key={key}").as_bytes(),
+    );
+    let mut socket = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    socket.write_all(&request).await.expect("write");
+    // Half-close: the request is complete, the answer is still wanted.
+    socket.shutdown().await.expect("shutdown");
+
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 303 "), "{answer}");
+    assert!(answer.contains(&format!("/orders/{key}")), "{answer}");
+    assert!(app.row(key).await.is_some(), "committed before the answer");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let app = spawn_app_with(Backend::Sqlite, |config| {
         config.http.header_read_timeout = Duration::from_secs(1);
