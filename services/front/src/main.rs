@@ -7,6 +7,12 @@ use finalprice_shared::config::Config;
 use finalprice_shared::{service, shutdown};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc instead of glibc's malloc: malloc and free were ~15% of the front's CPU under load,
+/// and it keeps less memory per connection (README "Performance").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     service::main("finalprice-front", run)
 }
