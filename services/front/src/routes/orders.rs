@@ -88,7 +88,8 @@ async fn create_order(
         .limiter
         .as_ref()
         .map(|limiter| limiter.check(peer, request.headers()));
-    let body = read_body(state, request).await?;
+    // Boxed so that its state is not reserved through the confirmation wait.
+    let body = Box::pin(read_body(state, request)).await?;
     *form = match encoding {
         Encoding::Form => {
             serde_urlencoded::from_bytes(&body).map_err(|_| CreateError::Malformed)?
