@@ -112,7 +112,9 @@ async fn main() -> anyhow::Result<()> {
     run.elapsed = started.elapsed();
 
     if let Ok(url) = std::env::var("DATABASE_URL") {
-        run.database = Some(check_database(&url, &run.outcomes).await?);
+        let last = run_base + issued.load(Ordering::Relaxed);
+        let phones = format!("+7{run_base}")..format!("+7{last}");
+        run.database = Some(check_database(&url, &run.outcomes, phones).await?);
     }
     std::fs::write(&args.report, render_svg(&run))
         .with_context(|| format!("writing {}", args.report))?;

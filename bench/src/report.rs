@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::time::Duration;
 
 use finalprice_db::entity::orders;
 use hdrhistogram::Histogram;
-use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
 /// How one order was answered.
@@ -84,14 +85,18 @@ pub struct DatabaseCheck {
     pub confirmed_missing: u64,
     /// Orders answered 202 that are rows by now.
     pub pending_committed: u64,
+    /// Rows beyond one per order of this run (each order has a phone of its own): must be 0.
+    pub doubled: u64,
     /// Which database was checked (password hidden).
     pub database: String,
 }
 
-/// Looks up every answered order (1000 ids per query).
+/// Looks up every answered order (1000 ids per query), and counts the rows of the run's phones
+/// (`phones`, all of one length) that are not the first of their phone.
 pub async fn check_database(
     url: &str,
     outcomes: &[(Uuid, Outcome)],
+    phones: Range<String>,
 ) -> anyhow::Result<DatabaseCheck> {
     let db = Database::connect(url).await?;
     let mut present = HashSet::new();
@@ -107,10 +112,21 @@ pub async fn check_database(
             .await?;
         present.extend(rows.into_iter().map(|row| row.id));
     }
+    let stored: Vec<String> = orders::Entity::find()
+        .select_only()
+        .column(orders::Column::Phone)
+        .filter(orders::Column::Phone.gte(phones.start))
+        .filter(orders::Column::Phone.lt(phones.end))
+        .into_tuple()
+        .all(&db)
+        .await?;
+    let stored_count = stored.len() as u64;
+    let distinct = stored.into_iter().collect::<HashSet<_>>().len() as u64;
     let mut check = DatabaseCheck {
         confirmed_found: 0,
         confirmed_missing: 0,
         pending_committed: 0,
+        doubled: stored_count - distinct,
         database: finalprice_shared::config::redact_url_password(url),
     };
     for (id, outcome) in outcomes {
@@ -169,9 +185,10 @@ pub fn render_text(run: &Run) -> String {
         Some(check) => {
             let _ = writeln!(
                 out,
-                "database: {} confirmed orders are rows, {} confirmed but missing (must be 0), {} of the pending committed since ({})",
+                "database: {} confirmed orders are rows, {} confirmed but missing (must be 0), {} stored twice (must be 0), {} of the pending committed since ({})",
                 check.confirmed_found,
                 check.confirmed_missing,
+                check.doubled,
                 check.pending_committed,
                 check.database
             );
@@ -275,5 +292,61 @@ fn human_micros(us: u64) -> String {
         format!("{:.1}ms", us as f64 / 1e3)
     } else {
         format!("{us}µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use finalprice_shared::domain::{Country, CustomerName, PhoneNumber};
+    use finalprice_shared::messages::NewOrder;
+    use finalprice_testkit::{Backend, TestDb};
+
+    fn order(phone: &str) -> NewOrder {
+        NewOrder {
+            id: Uuid::now_v7(),
+            name: CustomerName::parse("Load Test").expect("valid"),
+            phone: PhoneNumber::parse(phone, Country::Russia).expect("valid"),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_check_finds_missing_and_doubled_orders_of_the_run_only() {
+        let db = TestDb::new(Backend::Sqlite).await.expect("database");
+        let rows = db.connect().await.expect("connect");
+        let stored = order("+79000000001");
+        let missing = order("+79000000002");
+        let pending = order("+79000000003");
+        // The same order under another id, and an order of another run.
+        let twin = order("+79000000001");
+        let other_run = order("+79100000001");
+        orders::Entity::insert_many([&stored, &twin, &other_run].map(orders::ActiveModel::from))
+            .exec(&rows)
+            .await
+            .expect("insert");
+        let outcomes = [
+            (stored.id, Outcome::Accepted),
+            (missing.id, Outcome::Accepted),
+            (pending.id, Outcome::Pending),
+        ];
+
+        let check = check_database(
+            db.url(),
+            &outcomes,
+            "+79000000000".to_owned().."+79000000010".to_owned(),
+        )
+        .await
+        .expect("checked");
+        assert_eq!(
+            (
+                check.confirmed_found,
+                check.confirmed_missing,
+                check.doubled,
+                check.pending_committed
+            ),
+            (1, 1, 1, 0)
+        );
     }
 }

@@ -479,6 +479,7 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
         text.contains("0 confirmed but missing (must be 0)"),
         "{text}"
     );
+    assert!(text.contains("0 stored twice (must be 0)"), "{text}");
     assert!(text.contains("latency ms: p50"), "{text}");
     let confirmed_rows = text
         .split("database: ")
