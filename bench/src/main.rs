@@ -82,8 +82,8 @@ async fn main() -> anyhow::Result<()> {
     let deadline = args.seconds.map(|s| started + Duration::from_secs(s));
     let issued = Arc::new(AtomicU64::new(0));
     // A distinct phone per order, so the database check can find duplicates by phone.
-    let run_base: u64 =
-        9_000_000_000 + u64::from(started.elapsed().subsec_nanos() % 900) * 1_000_000;
+    // Random, so runs against a database kept between runs use different ranges.
+    let run_base: u64 = 9_000_000_000 + (Uuid::new_v4().as_u128() % 900) as u64 * 1_000_000;
 
     let mut lanes = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {

@@ -17,6 +17,8 @@ pub use process::{Service, binary, clean_command, free_port};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use finalprice_shared::config::{Config, DEFAULTS_TOML};
+use finalprice_shared::domain::{Country, CustomerName, PhoneNumber};
+use finalprice_shared::messages::NewOrder;
 
 /// A configuration for a service under test: the given NATS and database, an ephemeral HTTP
 /// port, and timeouts short enough that a failing test fails fast.
@@ -46,6 +48,16 @@ pub fn config(nats: &NatsServer, db: &TestDb) -> Config {
     );
     let figment = figment_from(&overrides);
     Config::from_figment(&figment).unwrap_or_else(|error| panic!("test configuration: {error}"))
+}
+
+/// A valid order (Russian phone written as a shopper may type it) with a fresh id.
+pub fn order(phone: &str) -> NewOrder {
+    NewOrder {
+        id: uuid::Uuid::now_v7(),
+        name: CustomerName::parse("Анна").expect("a valid name"),
+        phone: PhoneNumber::parse(phone, Country::Russia).expect("a valid phone"),
+        created_at: chrono::Utc::now(),
+    }
 }
 
 fn figment_from(overrides: &str) -> Figment {
