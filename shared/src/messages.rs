@@ -2,7 +2,7 @@
 //!
 //! Order path: the front publishes a [`NewOrder`] on [`order_subject`] with the reply inbox in
 //! [`REPLY_TO_HEADER`]; the worker answers a [`Confirmation`] on that inbox after its commit,
-//! gathered per inbox and batch (see [`CONFIRMATIONS_TOKEN`]).
+//! gathered per inbox and batch when the front asks for it (see [`REPLY_TOKEN_HEADER`]).
 //! Status path: the front asks [`STATUS_SUBJECT`] with an order id and a worker answers a
 //! [`StatusReply`].
 
@@ -77,13 +77,18 @@ pub struct Confirmation {
     pub outcome: Outcome,
 }
 
-/// The last segment of a reply subject that gathers several confirmations: the worker answers
-/// every order of a batch whose reply-to is `<inbox>.<decimal token>` with one
-/// [`AddressedConfirmation`] list on `<inbox>.batch`, one message per inbox instead of one per
-/// order. Any other reply-to gets a single [`Confirmation`] on that subject.
+/// The header by which a publisher opts in to gathered confirmations: its value is the
+/// decimal token that ends the reply-to (`<inbox>.<token>`). The worker then answers the
+/// batch's accepted orders for that inbox together, as one [`AddressedConfirmation`] list on
+/// `<inbox>.batch` ([`CONFIRMATIONS_TOKEN`]), one message per inbox instead of one per order.
+/// Without it (an older front, a tool) the order gets a single [`Confirmation`] on its
+/// reply-to, so fronts and workers of either version work together.
+pub const REPLY_TOKEN_HEADER: &str = "FinalPrice-Reply-Token";
+
+/// The last segment of the subject that carries gathered confirmations.
 pub const CONFIRMATIONS_TOKEN: &str = "batch";
 
-/// Where the answer for `reply_to` goes.
+/// Where the answer for one order goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyTarget<'a> {
     /// Gathered with the other answers for `inbox` under this `token`.
@@ -93,19 +98,18 @@ pub enum ReplyTarget<'a> {
 }
 
 impl<'a> ReplyTarget<'a> {
-    /// Reads the reply-to header's value.
-    pub fn of(reply_to: &'a str) -> Self {
-        match reply_to.rsplit_once('.') {
-            Some((inbox, token))
-                if !inbox.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                match token.parse() {
-                    Ok(token) => Self::Gathered { inbox, token },
-                    Err(_) => Self::Alone(reply_to),
-                }
+    /// Reads the reply-to header and the reply-token header, if any: gathered only when the
+    /// token is a number and the reply-to is `<inbox>.<that token>`.
+    pub fn of(reply_to: &'a str, token: Option<&str>) -> Self {
+        let gathered = token.and_then(|token| {
+            let inbox = reply_to.strip_suffix(token)?.strip_suffix('.')?;
+            if !token.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
             }
-            _ => Self::Alone(reply_to),
-        }
+            let token = token.parse().ok()?;
+            (!inbox.is_empty()).then_some(Self::Gathered { inbox, token })
+        });
+        gathered.unwrap_or(Self::Alone(reply_to))
     }
 }
 
@@ -253,30 +257,37 @@ mod tests {
     }
 
     #[test]
-    fn numbered_reply_subjects_are_gathered_per_inbox_and_others_answered_alone() {
+    fn only_a_reply_to_that_ends_in_its_announced_token_is_gathered() {
         assert_eq!(
-            ReplyTarget::of("_INBOX.abc.17"),
+            ReplyTarget::of("_INBOX.abc.17", Some("17")),
             ReplyTarget::Gathered {
                 inbox: "_INBOX.abc",
                 token: 17
             }
         );
-        for alone in [
-            "_INBOX.abc",
-            "_INBOX.abc.",
-            ".17",
-            "17",
-            "_INBOX.abc.1x",
-            "_INBOX.abc.99999999999999999999999",
+        for (reply_to, token) in [
+            // No opt-in: a tool's inbox that happens to end in digits is answered where it says.
+            ("_INBOX.abc.17", None),
+            ("_INBOX.abc.17", Some("7")),
+            ("_INBOX.abc.17", Some("217")),
+            ("_INBOX.abc17", Some("17")),
+            (".17", Some("17")),
+            ("17", Some("17")),
+            ("_INBOX.abc.1x", Some("1x")),
+            ("_INBOX.abc.+17", Some("+17")),
+            ("_INBOX.abc.", Some("")),
+            (
+                "_INBOX.abc.99999999999999999999999",
+                Some("99999999999999999999999"),
+            ),
         ] {
-            assert_eq!(ReplyTarget::of(alone), ReplyTarget::Alone(alone), "{alone}");
+            assert_eq!(
+                ReplyTarget::of(reply_to, token),
+                ReplyTarget::Alone(reply_to),
+                "{reply_to} {token:?}"
+            );
         }
         assert_eq!(confirmations_subject("_INBOX.abc"), "_INBOX.abc.batch");
-        assert_eq!(
-            ReplyTarget::of(&confirmations_subject("_INBOX.abc")),
-            ReplyTarget::Alone("_INBOX.abc.batch"),
-            "the gathering subject is never mistaken for a waiter's"
-        );
     }
 
     #[test]

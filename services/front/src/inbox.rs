@@ -125,6 +125,11 @@ impl Waiter {
         &self.subject
     }
 
+    /// The number that ends [`Waiter::subject`], by which gathered confirmations name it.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
     /// The reply, once it arrives; `None` only if the dispatcher is gone. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Reply> {
         (&mut self.receiver).await.ok()
@@ -134,5 +139,88 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         self.inbox.lock().remove(&self.token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use finalprice_shared::messages::{Confirmation, Outcome};
+    use tokio::sync::oneshot::error::TryRecvError;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn inbox() -> Arc<Inbox> {
+        Arc::new(Inbox {
+            prefix: "_INBOX.test".into(),
+            next_token: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn message(payload: bytes::Bytes) -> Message {
+        Message {
+            subject: "_INBOX.test.batch".to_owned().into(),
+            reply: None,
+            payload,
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    fn accepted(token: u64) -> AddressedConfirmation {
+        AddressedConfirmation {
+            token,
+            confirmation: Confirmation {
+                id: Uuid::now_v7(),
+                outcome: Outcome::Accepted,
+            },
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn each_waiter_gets_its_own_entry_and_no_one_elses() {
+        let inbox = inbox();
+        let (mut first, mut second) = (inbox.register(), inbox.register());
+        assert_eq!(first.subject(), format!("_INBOX.test.{}", first.token()));
+        let mine = accepted(first.token());
+        let stray = accepted(999);
+        hand_out(&inbox, &message(messages::encode(&[&mine, &stray])));
+
+        match first.receiver.try_recv() {
+            Ok(Reply::Confirmation(got)) => assert_eq!(got, mine),
+            other => panic!("expected its confirmation, got {other:?}"),
+        }
+        assert!(matches!(
+            second.receiver.try_recv(),
+            Err(TryRecvError::Empty)
+        ));
+        assert_eq!(inbox.lock().len(), 1, "only the unanswered waiter is left");
+    }
+
+    #[test]
+    fn a_malformed_gathered_message_wakes_nobody() {
+        let inbox = inbox();
+        let mut waiter = inbox.register();
+        hand_out(&inbox, &message(bytes::Bytes::from_static(b"{not json")));
+        assert!(matches!(
+            waiter.receiver.try_recv(),
+            Err(TryRecvError::Empty)
+        ));
+        assert_eq!(inbox.lock().len(), 1);
+    }
+
+    #[test]
+    fn a_waiter_that_gave_up_leaves_the_map_and_its_late_answer_is_dropped() {
+        let inbox = inbox();
+        let waiter = inbox.register();
+        let token = waiter.token();
+        drop(waiter);
+        assert!(inbox.lock().is_empty());
+        hand_out(&inbox, &message(messages::encode(&[accepted(token)])));
+        assert!(inbox.lock().is_empty());
     }
 }

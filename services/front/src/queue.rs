@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{Client, HeaderMap, StatusCode};
 use finalprice_shared::messages::{
-    self, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, STATUS_SUBJECT,
-    StatusReply, StatusRequest, order_subject,
+    self, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, REPLY_TOKEN_HEADER,
+    STATUS_SUBJECT, StatusReply, StatusRequest, order_subject,
 };
 use finalprice_shared::telemetry;
 use tokio::time::Instant;
@@ -124,6 +124,8 @@ impl OrderQueue {
             order.id.to_string().as_str(),
         );
         headers.insert(REPLY_TO_HEADER, waiter.subject());
+        // Lets the worker answer this order together with the batch's others for this front.
+        headers.insert(REPLY_TOKEN_HEADER, waiter.token().to_string().as_str());
 
         let publish_span = tracing::info_span!(
             "orders publish",
@@ -141,10 +143,10 @@ impl OrderQueue {
                     .await?
                     .await
             };
-            // The first await may wait for an in-flight permit with no bound of its own.
             // Boxed: its ~1 KB of state is freed at the PubAck instead of being reserved in
             // every request's future through the whole (longer) confirmation wait.
             let publish = Box::pin(publish);
+            // The first await may wait for an in-flight permit with no bound of its own.
             let failure = match tokio::time::timeout(self.timeouts.publish, publish).await {
                 Ok(Ok(ack)) => return Ok(ack),
                 Ok(Err(error)) => publish_failure(error.kind()),

@@ -1,6 +1,6 @@
 //! One batch of deliveries → one transaction → one outcome per order, then the confirmations
-//! (one message per front inbox) and the acks, in that order: nothing is confirmed before its commit, nothing is acked before
-//! its confirmation is on the wire.
+//! (one message per front inbox that asks for it) and the acks, in that order: nothing is
+//! confirmed before its commit, nothing is acked before its confirmation is on the wire.
 //!
 //! A batch the database refuses is retried order by order, so one bad order cannot hold back
 //! the others; an order refused again and again, or one that does not even decode, goes to the
@@ -17,7 +17,7 @@ use finalprice_db::entity::orders;
 use finalprice_shared::messages::{
     self, AddressedConfirmation, Confirmation, DEAD_LETTER_DELIVERIES_HEADER,
     DEAD_LETTER_ORDER_ID_HEADER, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SEQUENCE_HEADER, NewOrder,
-    Outcome, REPLY_TO_HEADER, ReplyTarget,
+    Outcome, REPLY_TO_HEADER, REPLY_TOKEN_HEADER, ReplyTarget,
 };
 use finalprice_shared::telemetry;
 use opentelemetry::trace::TraceContextExt;
@@ -294,7 +294,7 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
     let mut headers = HeaderMap::new();
     for (name, values) in message.headers.iter().flat_map(|headers| headers.iter()) {
         let name: &str = name.as_ref();
-        if name == REPLY_TO_HEADER {
+        if name == REPLY_TO_HEADER || name == REPLY_TOKEN_HEADER {
             continue; // nobody will wait on a replayed dead letter
         }
         for value in values {
@@ -364,7 +364,7 @@ async fn confirm_accepted(context: &BatchContext, deliveries: &[Delivery]) {
             id: delivery.order.id,
             outcome: Outcome::Accepted,
         };
-        match reply_to(&delivery.message).map(ReplyTarget::of) {
+        match reply_target(&delivery.message) {
             Some(ReplyTarget::Gathered { inbox, token }) => {
                 let span = confirm_span(&delivery.span);
                 gathered
@@ -385,9 +385,10 @@ async fn confirm_accepted(context: &BatchContext, deliveries: &[Delivery]) {
             None => {}
         }
     }
+    // Bounded so that no batch size makes a message larger than this nats-server takes.
+    let per_message = (context.client.server_info().max_payload / MAX_ENTRY_BYTES).max(1);
     for (inbox, confirmations) in gathered {
-        // Bounded so that no batch size makes a message larger than nats-server takes.
-        for chunk in confirmations.chunks(MAX_GATHERED) {
+        for chunk in confirmations.chunks(per_message) {
             let subject = messages::confirmations_subject(inbox);
             if let Err(error) = context
                 .client
@@ -401,9 +402,10 @@ async fn confirm_accepted(context: &BatchContext, deliveries: &[Delivery]) {
     drop(spans);
 }
 
-/// Confirmations per gathered message: at most ~180 bytes each (traceparent included), so a
-/// message stays under 48 KB, within the 64 KB `max_payload` of `nats/nats-server.conf`.
-const MAX_GATHERED: usize = 256;
+/// An upper bound of one gathered confirmation's size: token (≤ 20 digits), id, status and
+/// traceparent come to ~185 bytes of JSON. With the 64 KB `max_payload` of
+/// `nats/nats-server.conf`, 256 confirmations per message.
+const MAX_ENTRY_BYTES: usize = 256;
 
 /// The inbox the front named for this order; `None` for orders replayed from the dead-letter
 /// stream or published by a tool, for which nobody waits.
@@ -413,6 +415,14 @@ fn reply_to(message: &jetstream::Message) -> Option<&str> {
         .as_ref()
         .and_then(|headers| headers.get(REPLY_TO_HEADER))
         .map(|value| value.as_str())
+}
+
+/// Where this order's answer goes, as its front asked (see [`messages::REPLY_TOKEN_HEADER`]).
+fn reply_target(message: &jetstream::Message) -> Option<ReplyTarget<'_>> {
+    let headers = message.headers.as_ref()?;
+    let reply_to = headers.get(REPLY_TO_HEADER)?.as_str();
+    let token = headers.get(REPLY_TOKEN_HEADER).map(|value| value.as_str());
+    Some(ReplyTarget::of(reply_to, token))
 }
 
 /// The producer span of one order's confirmation, in that order's trace.

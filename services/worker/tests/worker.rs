@@ -5,29 +5,18 @@ use std::process::Command;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use chrono::Utc;
-use finalprice_shared::domain::{Country, CustomerName, PhoneNumber};
 use finalprice_shared::messages::{
     self, AddressedConfirmation, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER,
-    confirmations_subject, order_subject,
+    REPLY_TOKEN_HEADER, confirmations_subject, order_subject,
 };
 use finalprice_shared::nats;
-use finalprice_testkit::{Backend, NatsServer, TestDb};
+use finalprice_testkit::{Backend, NatsServer, TestDb, order};
 use finalprice_worker::Application;
 use finalprice_worker::process::commit_orders;
 use finalprice_worker::status::lookup;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-fn order(phone: &str) -> NewOrder {
-    NewOrder {
-        id: Uuid::now_v7(),
-        name: CustomerName::parse("Анна").expect("valid"),
-        phone: PhoneNumber::parse(phone, Country::Russia).expect("valid"),
-        created_at: Utc::now(),
-    }
-}
 
 async fn a_batch_commits_once_and_reports_what_was_new(backend: Backend) {
     let db = TestDb::new(backend).await.expect("database");
@@ -114,7 +103,7 @@ async fn next(subscriber: &mut async_nats::Subscriber) -> async_nats::Message {
 }
 
 #[tokio::test]
-async fn a_batch_answers_each_front_inbox_with_one_message_and_other_reply_subjects_alone() {
+async fn a_batch_answers_each_front_inbox_with_one_message_and_others_alone() {
     let server = NatsServer::start().expect("nats-server");
     let db = TestDb::new(Backend::Sqlite).await.expect("database");
     let config = finalprice_testkit::config(&server, &db);
@@ -124,17 +113,19 @@ async fn a_batch_answers_each_front_inbox_with_one_message_and_other_reply_subje
         .await
         .expect("stream");
 
-    // Two fronts' inboxes (numbered waiters, as the front names them) and a tool's plain inbox.
-    let (front_a, front_b, tool) = (client.new_inbox(), client.new_inbox(), client.new_inbox());
+    // Two fronts' inboxes (numbered waiters that ask for gathering, as the front does) and a
+    // tool's inbox that ends in digits but does not ask.
+    let (front_a, front_b) = (client.new_inbox(), client.new_inbox());
+    let tool = format!("{}.5", client.new_inbox());
     let mut replies_a = client.subscribe(format!("{front_a}.*")).await.expect("sub");
     let mut replies_b = client.subscribe(format!("{front_b}.*")).await.expect("sub");
     let mut replies_tool = client.subscribe(tool.clone()).await.expect("sub");
     let mut sent = Vec::new();
-    for (reply_to, phone) in [
-        (format!("{front_a}.1"), "+79990000001"),
-        (format!("{front_b}.7"), "+79990000002"),
-        (format!("{front_a}.2"), "+79990000003"),
-        (tool.clone(), "+79990000004"),
+    for (reply_to, token, phone) in [
+        (format!("{front_a}.1"), Some("1"), "+79990000001"),
+        (format!("{front_b}.7"), Some("7"), "+79990000002"),
+        (format!("{front_a}.2"), Some("2"), "+79990000003"),
+        (tool.clone(), None, "+79990000004"),
     ] {
         let order = order(phone);
         let mut headers = HeaderMap::new();
@@ -143,6 +134,9 @@ async fn a_batch_answers_each_front_inbox_with_one_message_and_other_reply_subje
             order.id.to_string().as_str(),
         );
         headers.insert(REPLY_TO_HEADER, reply_to.as_str());
+        if let Some(token) = token {
+            headers.insert(REPLY_TOKEN_HEADER, token);
+        }
         js.publish_with_headers(order_subject(order.id), headers, messages::encode(&order))
             .await
             .expect("publish")

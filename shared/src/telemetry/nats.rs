@@ -1,5 +1,6 @@
-//! W3C trace context in NATS headers, so one trace follows an order from the front's HTTP span
-//! through the queue to the worker and back.
+//! W3C trace context in NATS headers (or, for gathered confirmations, a `traceparent` in the
+//! body), so one trace follows an order from the front's HTTP span through the queue to the
+//! worker and back.
 
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use finalprice_db::entity::orders;
 use finalprice_front::Application as Front;
 use finalprice_shared::config::Config;
+use finalprice_shared::messages::order_subject;
 use finalprice_testkit::load::{self, Tally, Target};
 use finalprice_testkit::{Backend, NatsServer, TestDb};
 use finalprice_worker::{Application as Worker, WorkerStats};
@@ -202,6 +203,18 @@ impl TestApp {
             .count(&self.rows)
             .await
             .expect("database read")
+    }
+
+    /// The headers of order `id`'s message while it waits in the ORDERS stream.
+    pub async fn queued_headers(&self, id: Uuid) -> async_nats::HeaderMap {
+        let client = async_nats::connect(self.nats.url()).await.expect("nats");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("ORDERS").await.expect("stream exists");
+        stream
+            .direct_get_last_for_subject(order_subject(id))
+            .await
+            .expect("the order is queued")
+            .headers
     }
 
     /// Messages waiting in the ORDERS stream.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use finalprice_shared::messages::{REPLY_TO_HEADER, REPLY_TOKEN_HEADER, ReplyTarget};
 use finalprice_testkit::Backend;
 use futures_util::future::join_all;
 use serde_json::json;
@@ -144,6 +145,20 @@ async fn without_a_worker_the_shopper_sees_being_saved_until_a_worker_commits() 
     );
     let id = order_id_from_location(&response);
     assert!(app.row(id).await.is_none());
+    // Queued asking for its confirmation to come with the rest of its batch for this front.
+    let headers = app.queued_headers(id).await;
+    let reply_to = headers
+        .get(REPLY_TO_HEADER)
+        .expect("a reply inbox")
+        .as_str();
+    let token = headers.get(REPLY_TOKEN_HEADER).map(|token| token.as_str());
+    assert!(
+        matches!(
+            ReplyTarget::of(reply_to, token),
+            ReplyTarget::Gathered { .. }
+        ),
+        "{reply_to} {token:?}"
+    );
     let page = app.get(&format!("/orders/{id}")).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.expect("page");
