@@ -121,17 +121,17 @@ pub async fn check_database(
         .all(&db)
         .await?;
     // Longer numbers sort inside the range too; the run's are all as long as its bounds.
-    let stored: Vec<String> = stored
+    let mut seen = HashSet::new();
+    let doubled = stored
         .into_iter()
         .filter(|phone| phone.len() == phones.start.len())
-        .collect();
-    let stored_count = stored.len() as u64;
-    let distinct = stored.into_iter().collect::<HashSet<_>>().len() as u64;
+        .filter(|phone| !seen.insert(phone.clone()))
+        .count() as u64;
     let mut check = DatabaseCheck {
         confirmed_found: 0,
         confirmed_missing: 0,
         pending_committed: 0,
-        doubled: stored_count - distinct,
+        doubled,
         database: finalprice_shared::config::redact_url_password(url),
     };
     for (id, outcome) in outcomes {

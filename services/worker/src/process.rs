@@ -388,11 +388,11 @@ async fn confirm_accepted(context: &BatchContext, deliveries: &[Delivery]) {
     // Bounded so that no batch size makes a message larger than this nats-server takes.
     let per_message = (context.client.server_info().max_payload / MAX_ENTRY_BYTES).max(1);
     for (inbox, confirmations) in gathered {
+        let subject = messages::confirmations_subject(inbox);
         for chunk in confirmations.chunks(per_message) {
-            let subject = messages::confirmations_subject(inbox);
             if let Err(error) = context
                 .client
-                .publish(subject, messages::encode(&chunk))
+                .publish(subject.clone(), messages::encode(&chunk))
                 .await
             {
                 tracing::warn!(%error, orders = chunk.len(), "confirmations not sent");
@@ -419,10 +419,12 @@ fn reply_to(message: &jetstream::Message) -> Option<&str> {
 
 /// Where this order's answer goes, as its front asked (see [`messages::REPLY_TOKEN_HEADER`]).
 fn reply_target(message: &jetstream::Message) -> Option<ReplyTarget<'_>> {
-    let headers = message.headers.as_ref()?;
-    let reply_to = headers.get(REPLY_TO_HEADER)?.as_str();
-    let token = headers.get(REPLY_TOKEN_HEADER).map(|value| value.as_str());
-    Some(ReplyTarget::of(reply_to, token))
+    let token = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(REPLY_TOKEN_HEADER))
+        .map(|value| value.as_str());
+    Some(ReplyTarget::of(reply_to(message)?, token))
 }
 
 /// The producer span of one order's confirmation, in that order's trace.

@@ -11,13 +11,22 @@ use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 /// Sends `request` as is and returns the status code of the answer (`None`: no answer).
 async fn raw(app: &TestApp, request: &[u8]) -> Option<u16> {
+    let text = exchange(app, request, false).await;
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Sends `request` as is, shutting down the sending side after it with `half_close`, and
+/// returns what came back within 5 s.
+async fn exchange(app: &TestApp, request: &[u8], half_close: bool) -> String {
     let address = app.address.trim_start_matches("http://");
     let mut socket = TcpStream::connect(address).await.expect("connect");
     socket.write_all(request).await.expect("write");
+    if half_close {
+        socket.shutdown().await.expect("shutdown");
+    }
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 fn post(content_type: &str, body: &[u8]) -> Vec<u8> {
@@ -108,19 +117,8 @@ async fn a_client_that_closes_its_sending_side_after_the_order_still_gets_the_an
         "POST /orders HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut socket = TcpStream::connect(app.address.trim_start_matches("http://"))
-        .await
-        .expect("connect");
-    socket.write_all(request.as_bytes()).await.expect("write");
     // Half-close: the request is complete, the answer is still wanted.
-    socket.shutdown().await.expect("shutdown");
-
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
-        .await
-        .expect("answered in time")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = exchange(&app, request.as_bytes(), true).await;
     // 201, not 202: the worker committed before the answer was written.
     assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
     assert!(answer.contains(&key.to_string()), "{answer}");
