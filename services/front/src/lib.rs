@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`startup`]: [`Application`]: connect, bind, serve until the shutdown token, drain.
+//! - [`connection`]: one client connection; hyper while a request is open, parked between.
 //! - [`routes`]: method + path → handler; security headers on every response.
 //! - [`form`]: the raw form → a validated order or per-field errors.
 //! - [`queue`]: publish + wait for the confirmation; status requests to the workers.
@@ -12,6 +13,7 @@
 //! - [`metrics`]: the Prometheus metrics behind `/metrics`.
 //! - [`pages`], [`http`]: templates from `ui/`, response helpers.
 
+pub mod connection;
 pub mod form;
 pub mod http;
 pub mod i18n;

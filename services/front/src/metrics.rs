@@ -1,5 +1,5 @@
 //! The front's Prometheus metrics, served at `/metrics`: requests by route and status, latency,
-//! the wait for confirmations, requests in flight, publish failures.
+//! the wait for confirmations, requests in flight, publish failures, connections open and idle.
 
 use std::time::Duration;
 
@@ -93,6 +93,8 @@ pub struct FrontMetrics {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
     in_flight: Gauge,
+    connections: Gauge,
+    idle_connections: Gauge,
     confirmation_wait_seconds: Family<WaitLabels, Histogram>,
     publish_failures: Family<FailureLabels, Counter>,
 }
@@ -103,6 +105,8 @@ impl Default for FrontMetrics {
         let request_seconds =
             Family::<RouteLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
         let in_flight = Gauge::default();
+        let connections = Gauge::default();
+        let idle_connections = Gauge::default();
         let confirmation_wait_seconds =
             Family::<WaitLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
         let publish_failures = Family::default();
@@ -123,6 +127,16 @@ impl Default for FrontMetrics {
             in_flight.clone(),
         );
         registry.register(
+            "connections",
+            "Client connections open",
+            connections.clone(),
+        );
+        registry.register(
+            "idle_connections",
+            "Client connections between requests, parked without HTTP state",
+            idle_connections.clone(),
+        );
+        registry.register(
             "confirmation_wait_seconds",
             "From PubAck to the worker's answer (or giving up), by outcome",
             confirmation_wait_seconds.clone(),
@@ -137,6 +151,8 @@ impl Default for FrontMetrics {
             requests,
             request_seconds,
             in_flight,
+            connections,
+            idle_connections,
             confirmation_wait_seconds,
             publish_failures,
         }
@@ -149,9 +165,18 @@ impl FrontMetrics {
     }
 
     /// Marks a request as being handled until the guard drops.
-    pub fn start_request(&self) -> InFlight<'_> {
-        self.in_flight.inc();
-        InFlight(&self.in_flight)
+    pub fn start_request(&self) -> Counted<'_> {
+        Counted::new(&self.in_flight)
+    }
+
+    /// Counts a client connection as open until the guard drops.
+    pub fn connection_opened(&self) -> Counted<'_> {
+        Counted::new(&self.connections)
+    }
+
+    /// Counts a connection as parked between requests until the guard drops.
+    pub fn connection_parked(&self) -> Counted<'_> {
+        Counted::new(&self.idle_connections)
     }
 
     pub fn request_done(&self, route: Route, status: u16, took: Duration) {
@@ -176,11 +201,18 @@ impl FrontMetrics {
     }
 }
 
-/// Decrements the in-flight gauge when the request is answered (or dropped).
+/// One unit of a gauge, given back when the guard drops (request answered, connection closed).
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a Gauge);
+pub struct Counted<'a>(&'a Gauge);
 
-impl Drop for InFlight<'_> {
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }

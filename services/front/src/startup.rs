@@ -14,12 +14,13 @@ use finalprice_shared::{nats, presence};
 use futures_util::FutureExt as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::connection::{self, Activity};
 use crate::i18n::Locales;
 use crate::inbox::Inbox;
 use crate::limits::ClientLimiter;
@@ -102,7 +103,6 @@ impl Application {
             state,
             pings,
         } = self;
-        let graceful = GracefulShutdown::new();
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -113,11 +113,14 @@ impl Application {
             // would take a second 8 KiB read buffer per waiting request (the first is still
             // held by the request's headers and body): ~40 MB at 10,000 waiting shoppers.
             // A shopper who leaves mid-wait is noticed when the answer is written instead.
+            // Parking idle connections relies on it too (see `connection`).
             .half_close(true)
             .keep_alive(true);
+        let builder = Arc::new(builder);
         // A permit per connection, taken before accepting: past the cap, new connections wait
         // in the listen backlog while those held are served.
         let connections = Arc::new(Semaphore::new(state.http.max_connections));
+        let tasks = TaskTracker::new();
         tracing::info!(addr = %listener.local_addr()?, "front listening");
         let pings = tokio::spawn(presence::answer_pings(
             state.queue.client().clone(),
@@ -127,21 +130,36 @@ impl Application {
         ));
         let serve = |socket: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
             let _ = socket.set_nodelay(true);
-            let state = Arc::clone(&state);
-            let service = service_fn(move |request| {
+            let activity = Arc::new(Activity::default());
+            let service = service_fn({
                 let state = Arc::clone(&state);
-                // Boxed: hyper keeps a slot the size of this future in every connection, idle
-                // or not; unboxed it is ~4.5 KB (the whole order path's state), boxed a pointer,
-                // and the state is allocated only while a request runs.
-                let handled = Box::pin(routes::handle(state, peer.ip(), request));
-                async move { Ok::<_, Infallible>(handled.await) }
-            });
-            let connection =
-                graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
+                let activity = Arc::clone(&activity);
+                move |request| {
+                    let state = Arc::clone(&state);
+                    let open = activity.request_started();
+                    // Boxed: hyper keeps a slot the size of this future in every connection;
+                    // unboxed it is ~4.5 KB (the whole order path's state), boxed a pointer,
+                    // and the state is allocated only while a request runs.
+                    Box::pin(async move {
+                        let answer = routes::handle(state, peer.ip(), request).await;
+                        drop(open);
+                        Ok::<_, Infallible>(answer)
+                    })
                 }
+            });
+            let (builder, shutdown, state) =
+                (Arc::clone(&builder), shutdown.clone(), Arc::clone(&state));
+            tasks.spawn(async move {
+                connection::serve(
+                    socket,
+                    service,
+                    activity,
+                    &builder,
+                    state.http.header_read_timeout,
+                    &shutdown,
+                    &state.metrics,
+                )
+                .await;
                 drop(permit);
             });
         };
@@ -172,7 +190,8 @@ impl Application {
         // Then close the socket: with SO_REUSEPORT, new connections go to the other fronts.
         drop(listener);
         tracing::info!("stopping: finishing requests in flight");
-        if tokio::time::timeout(state.http.shutdown_grace, graceful.shutdown())
+        tasks.close();
+        if tokio::time::timeout(state.http.shutdown_grace, tasks.wait())
             .await
             .is_err()
         {

@@ -89,3 +89,39 @@ async fn metrics_count_requests_orders_and_batches() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn kept_alive_connections_between_requests_are_counted_as_idle() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let address = app.address.trim_start_matches("http://");
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        let mut socket = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = [0_u8; 1024];
+        let n = socket.read(&mut answer).await.expect("read");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        kept.push(socket);
+    }
+    tokio::time::sleep(finalprice_front::connection::PARK_AFTER * 3).await;
+
+    let front = app.get("/metrics").await.text().await.expect("text");
+    let open = sample(&front, "finalprice_front_connections ", &[]);
+    let idle = sample(&front, "finalprice_front_idle_connections ", &[]);
+    assert!(
+        idle >= 3.0,
+        "the three served connections are parked: {front}"
+    );
+    assert!(
+        open > idle,
+        "the one asking for /metrics is not idle: {front}"
+    );
+    app.stop().await;
+}
