@@ -30,7 +30,7 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -165,17 +165,26 @@ pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// How one hyper connection over the socket ended.
 enum Served {
-    /// hyper is done: the client closed, keep-alive is off, or an error.
+    /// hyper is done and has flushed and shut down its side: the client closed, keep-alive is
+    /// off, or an error.
     Ended(hyper::Result<()>),
     /// hyper waits for the next head and holds nothing else: take it apart.
     Idle,
-    /// No head within the header read timeout since the connection went idle.
+    /// No head within the header read timeout since the connection began to wait for one.
+    TimedOut,
+}
+
+/// What ended a parked spell.
+enum Woken {
+    Readable(io::Result<()>),
+    Stopping,
     TimedOut,
 }
 
 /// Serves `stream` until the client leaves, the connection fails or times out, or `shutdown`
-/// fires (then an open request is finished with `Connection: close`, an idle connection is
-/// closed at once). `activity` must be the one `service` reports requests to.
+/// fires. Then a request being handled, already sent, or whose head has begun is answered
+/// and the connection closed after it; a connection with nothing to read is closed at once.
+/// `activity` must be the one `service` reports requests to.
 pub async fn serve<S, B>(
     stream: TcpStream,
     service: S,
@@ -186,7 +195,6 @@ pub async fn serve<S, B>(
     metrics: &FrontMetrics,
 ) where
     S: HttpService<Incoming, ResBody = B> + Unpin,
-    S::Future: Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -200,15 +208,22 @@ pub async fn serve<S, B>(
     let mut head_due = pin!(tokio::time::sleep(header_read_timeout));
     let mut park_due = pin!(tokio::time::sleep(Duration::ZERO));
     loop {
-        {
-            // Also with replayed bytes: they are a head cut short, so more must come.
+        let woken = {
             let _idle = metrics.connection_parked();
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return,
-                () = head_due.as_mut() => return,
-                readable = stream.readable() => if readable.is_err() { return },
+                readable = stream.readable() => Woken::Readable(readable),
+                // A head that has begun is waited for, as hyper would.
+                () = shutdown.cancelled(), if replay.is_empty() => Woken::Stopping,
+                () = head_due.as_mut() => Woken::TimedOut,
             }
+        };
+        match woken {
+            Woken::Readable(Ok(())) => {}
+            // tokio may not have seen a request that is already there (a connection accepted
+            // from the backlog at shutdown): ask the socket itself.
+            Woken::Stopping if bytes_waiting(&stream) => {}
+            Woken::Readable(Err(_)) | Woken::Stopping | Woken::TimedOut => return,
         }
         let heads = activity.heads();
         let socket = Socket {
@@ -221,23 +236,35 @@ pub async fn serve<S, B>(
         let mut connection = Box::new(builder.serve_connection(TokioIo::new(socket), service));
         let mut stopping = pin!(shutdown.cancelled());
         let mut draining = false;
-        let mut idle_since = None;
+        // When hyper began to wait for a head, and how many heads it had parsed then.
+        let mut idle_since: Option<(Instant, u32)> = None;
         let served = poll_fn(|cx| {
+            // hyper first, so a head that is already there is read before a shutdown is
+            // passed on (hyper closes a connection that has read nothing yet at once).
+            if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+                return Poll::Ready(Served::Ended(result));
+            }
             if !draining && stopping.as_mut().poll(cx).is_ready() {
                 draining = true;
                 Pin::new(&mut *connection).graceful_shutdown();
+                if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+                    return Poll::Ready(Served::Ended(result));
+                }
             }
-            if activity.heads() == heads && head_due.as_mut().poll(cx).is_ready() {
+            let heads_now = activity.heads();
+            if heads_now == heads && head_due.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Served::TimedOut);
-            }
-            if let Poll::Ready(result) = connection.poll_without_shutdown(cx) {
-                return Poll::Ready(Served::Ended(result));
             }
             if draining || !activity.is_idle() {
                 idle_since = None;
                 return Poll::Pending;
             }
-            let since = *idle_since.get_or_insert_with(Instant::now);
+            // A request can come and go within one poll (a quick handler): a new head count
+            // starts a new idle spell.
+            let since = match idle_since {
+                Some((since, at)) if at == heads_now => since,
+                _ => idle_since.insert((Instant::now(), heads_now)).0,
+            };
             // The timer may still run from an earlier idle spell: it then fires early, and is
             // set again here.
             if park_due.as_mut().poll(cx).is_ready() {
@@ -260,23 +287,24 @@ pub async fn serve<S, B>(
                 replay = [parts.read_buf, socket.replay].concat().into();
                 // hyper's timer for the next head started when it began to wait for it.
                 if activity.heads() != heads {
-                    let waiting_since = idle_since.unwrap_or_else(Instant::now);
+                    let waiting_since = idle_since.map_or_else(Instant::now, |(since, _)| since);
                     head_due.as_mut().reset(waiting_since + header_read_timeout);
                 }
             }
-            Served::Ended(Ok(())) => {
-                // What hyper does itself when it owns the shutdown: the client reads to EOF.
-                let mut socket = connection.into_parts().io.into_inner();
-                let _ = socket.stream.shutdown().await;
-                return;
-            }
+            Served::Ended(Ok(())) | Served::TimedOut => return,
             Served::Ended(Err(error)) => {
                 tracing::debug!(%error, "connection ended with an error");
                 return;
             }
-            Served::TimedOut => return,
         }
     }
+}
+
+/// Whether the client has sent bytes (or closed: then hyper reads the end) that tokio has not
+/// reported yet; one `recv(MSG_PEEK)`.
+fn bytes_waiting(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    socket2::SockRef::from(stream).peek(&mut byte).is_ok()
 }
 
 #[cfg(test)]
@@ -306,19 +334,32 @@ mod tests {
 
     struct Server {
         addr: SocketAddr,
+        listener: Option<TcpListener>,
+        builder: Arc<http1::Builder>,
+        header_read_timeout: Duration,
         metrics: Arc<FrontMetrics>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     }
 
+    /// 4 MiB: more than loopback's socket buffers hold, so hyper still has bytes of the
+    /// answer when it is done with the request.
+    const BIG: usize = 4 << 20;
+
     /// Answers `<method> <path> <body length>` after reading the whole body; `/slow` first
-    /// waits 300 ms.
+    /// waits 300 ms; `/big` answers [`BIG`] bytes, `/early` too without reading the body.
     async fn echo(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let slow = request.uri().path() == "/slow";
-        let line = format!("{} {}", request.method(), request.uri().path());
+        let path = request.uri().path().to_owned();
+        if path == "/early" {
+            return Response::new(Full::new(Bytes::from(vec![b'e'; BIG])));
+        }
+        let line = format!("{} {path}", request.method());
         let body = request.into_body().collect().await.map(|b| b.to_bytes());
-        if slow {
+        if path == "/slow" {
             tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if path == "/big" {
+            return Response::new(Full::new(Bytes::from(vec![b'b'; BIG])));
         }
         let answer = match body {
             Ok(body) => format!("{line} {}", body.len()),
@@ -327,58 +368,108 @@ mod tests {
         Response::new(Full::new(Bytes::from(answer)))
     }
 
+    /// A server that accepts every connection.
     async fn start(header_read_timeout: Duration) -> Server {
+        let mut server = start_without_accepting(header_read_timeout).await;
+        let listener = server.listener.take().expect("listener");
+        let (builder, metrics, shutdown, tasks) = (
+            Arc::clone(&server.builder),
+            Arc::clone(&server.metrics),
+            server.shutdown.clone(),
+            server.tasks.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                spawn_serve(
+                    stream,
+                    &builder,
+                    header_read_timeout,
+                    &shutdown,
+                    &metrics,
+                    &tasks,
+                );
+            }
+        });
+        server
+    }
+
+    /// A server whose connections wait in the listen backlog until [`Server::accept_one`].
+    async fn start_without_accepting(header_read_timeout: Duration) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let metrics = Arc::new(FrontMetrics::default());
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
             .half_close(true);
-        let builder = Arc::new(builder);
-        let (m, s, t) = (Arc::clone(&metrics), shutdown.clone(), tasks.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let activity = Arc::new(Activity::default());
-                let service = service_fn({
-                    let activity = Arc::clone(&activity);
-                    move |request| {
-                        let open = activity.request_started();
-                        Box::pin(async move {
-                            let answer = echo(request).await;
-                            drop(open);
-                            Ok::<_, Infallible>(answer)
-                        })
-                    }
-                });
-                let (builder, metrics, shutdown) =
-                    (Arc::clone(&builder), Arc::clone(&m), s.clone());
-                t.spawn(async move {
-                    serve(
-                        stream,
-                        service,
-                        activity,
-                        &builder,
-                        header_read_timeout,
-                        &shutdown,
-                        &metrics,
-                    )
-                    .await;
-                });
-            }
-        });
         Server {
-            addr,
-            metrics,
-            shutdown,
-            tasks,
+            addr: listener.local_addr().expect("addr"),
+            listener: Some(listener),
+            builder: Arc::new(builder),
+            header_read_timeout,
+            metrics: Arc::new(FrontMetrics::default()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
     }
 
+    /// What `startup` does per connection, with [`echo`] for the routes.
+    fn spawn_serve(
+        stream: TcpStream,
+        builder: &Arc<http1::Builder>,
+        header_read_timeout: Duration,
+        shutdown: &CancellationToken,
+        metrics: &Arc<FrontMetrics>,
+        tasks: &TaskTracker,
+    ) {
+        let activity = Arc::new(Activity::default());
+        let service = service_fn({
+            let activity = Arc::clone(&activity);
+            move |request| {
+                let open = activity.request_started();
+                Box::pin(async move {
+                    let answer = echo(request).await;
+                    drop(open);
+                    Ok::<_, Infallible>(answer)
+                })
+            }
+        });
+        let (builder, metrics, shutdown) =
+            (Arc::clone(builder), Arc::clone(metrics), shutdown.clone());
+        tasks.spawn(async move {
+            serve(
+                stream,
+                service,
+                activity,
+                &builder,
+                header_read_timeout,
+                &shutdown,
+                &metrics,
+            )
+            .await;
+        });
+    }
+
     impl Server {
+        async fn accept_one(&self) {
+            let listener = self.listener.as_ref().expect("not accepting by itself");
+            let (stream, _) = listener.accept().await.expect("accept");
+            spawn_serve(
+                stream,
+                &self.builder,
+                self.header_read_timeout,
+                &self.shutdown,
+                &self.metrics,
+                &self.tasks,
+            );
+        }
+
+        async fn stopped(&self) {
+            self.tasks.close();
+            tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
+                .await
+                .expect("every connection task ends");
+        }
+
         fn gauge(&self, name: &str) -> i64 {
             let mut text = String::new();
             prometheus_client::encoding::text::encode(&mut text, self.metrics.registry())
@@ -587,13 +678,14 @@ mod tests {
         let mut idle = server.connect().await;
         idle.send(&get("/a")).await;
         assert!(idle.response().await.ends_with("GET /a 0"));
+        assert_eq!(server.gauge_becomes("idle_connections", 1).await, 1);
         let mut busy = server.connect().await;
         busy.send(&get("/slow")).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
 
         server.shutdown.cancel();
 
-        assert!(idle.closed().await, "the idle connection is closed");
+        assert!(idle.closed().await, "the parked connection is closed");
         let answer = busy.response().await;
         assert!(answer.ends_with("GET /slow 0"), "{answer}");
         assert!(
@@ -601,9 +693,63 @@ mod tests {
             "{answer}"
         );
         assert!(busy.closed().await);
-        server.tasks.close();
-        tokio::time::timeout(Duration::from_secs(5), server.tasks.wait())
+        server.stopped().await;
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_a_request_already_sent_or_begun_is_still_answered() {
+        let server = start_without_accepting(Duration::from_secs(10)).await;
+        // Parked with the first half of a head.
+        let mut begun = server.connect().await;
+        server.accept_one().await;
+        begun.send(&get("/a")).await;
+        assert!(begun.response().await.ends_with("GET /a 0"));
+        begun.send("GET /begun HTTP/1.1\r\nHo").await;
+        assert_eq!(server.gauge_becomes("idle_connections", 1).await, 1);
+        // Sent while the connection waited in the backlog: tokio has not seen it yet when the
+        // connection is taken up after the signal.
+        let mut waiting = server.connect().await;
+        waiting.send(&get("/waiting")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        server.shutdown.cancel();
+        server.accept_one().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        begun.send("st: x\r\n\r\n").await;
+
+        for (mut client, path) in [(waiting, "/waiting"), (begun, "/begun")] {
+            let answer = client.response().await;
+            assert!(answer.ends_with(&format!("GET {path} 0")), "{answer}");
+            assert!(client.closed().await, "{path}: closed after its answer");
+        }
+        server.stopped().await;
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_is_sent_whole_before_the_connection_closes() {
+        let server = start(Duration::from_secs(10)).await;
+        // Closing after the answer; and answered early, with the body never sent, which makes
+        // hyper stop reading.
+        let requests = [
+            "GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+        ];
+        for request in requests {
+            let mut client = server.connect().await;
+            client.send(request).await;
+            // The reader is slow: the answer cannot leave at once.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut answer = Vec::new();
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                client.stream.read_to_end(&mut answer),
+            )
             .await
-            .expect("every connection task ends");
+            .expect("closed within 10 s")
+            .expect("read");
+            let text = String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
+            let head = text.find("\r\n\r\n").map_or(0, |end| end + 4);
+            assert_eq!(answer.len() - head, BIG, "{request:?}: {text}");
+        }
     }
 }

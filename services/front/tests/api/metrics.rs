@@ -123,5 +123,17 @@ async fn kept_alive_connections_between_requests_are_counted_as_idle() {
         open > idle,
         "the one asking for /metrics is not idle: {front}"
     );
+    for socket in &mut kept {
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = [0_u8; 1024];
+        let n = socket.read(&mut answer).await.expect("read");
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "served again once parked"
+        );
+    }
     app.stop().await;
 }
