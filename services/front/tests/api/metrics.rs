@@ -90,10 +90,21 @@ async fn metrics_count_requests_orders_and_batches() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn kept_alive_connections_between_requests_are_counted_as_idle() {
+/// One `GET /healthz` on a kept-alive connection; whether it was answered 200.
+async fn healthz_on(socket: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = [0_u8; 1024];
+    let n = socket.read(&mut answer).await.expect("read");
+    answer[..n].starts_with(b"HTTP/1.1 200")
+}
+
+#[tokio::test]
+async fn kept_alive_connections_between_requests_are_counted_as_idle() {
     let app = spawn_app(Backend::Sqlite).await;
     let address = app.address.trim_start_matches("http://");
     let mut kept = Vec::new();
@@ -101,13 +112,7 @@ async fn kept_alive_connections_between_requests_are_counted_as_idle() {
         let mut socket = tokio::net::TcpStream::connect(address)
             .await
             .expect("connect");
-        socket
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let mut answer = [0_u8; 1024];
-        let n = socket.read(&mut answer).await.expect("read");
-        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(healthz_on(&mut socket).await);
         kept.push(socket);
     }
     tokio::time::sleep(finalprice_front::connection::PARK_AFTER * 3).await;
@@ -124,16 +129,7 @@ async fn kept_alive_connections_between_requests_are_counted_as_idle() {
         "the one asking for /metrics is not idle: {front}"
     );
     for socket in &mut kept {
-        socket
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let mut answer = [0_u8; 1024];
-        let n = socket.read(&mut answer).await.expect("read");
-        assert!(
-            answer[..n].starts_with(b"HTTP/1.1 200"),
-            "served again once parked"
-        );
+        assert!(healthz_on(socket).await, "served again once parked");
     }
     app.stop().await;
 }
