@@ -1,5 +1,5 @@
-//! Prometheus metrics: the text encoding both services serve at `/metrics`, and the small HTTP
-//! listener the worker (which serves nothing else) uses for it.
+//! Prometheus metrics: the text encoding both services serve at `/metrics`, the process's own
+//! memory and CPU, and the small HTTP listener the worker (which serves nothing else) uses for it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,7 +11,11 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::registry::Registry;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +33,71 @@ pub fn encode(registry: &Registry) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, registry);
     text
+}
+
+/// The process's resident memory and CPU time under the names Prometheus' own clients use
+/// (`process_resident_memory_bytes`, `process_cpu_seconds_total`), read from `/proc/self` at each
+/// scrape; where there is no `/proc` (not Linux), nothing is written.
+#[derive(Debug, Default)]
+pub struct ProcessCollector;
+
+impl ProcessCollector {
+    /// Registers the collector at the registry's root, so the names carry no service prefix.
+    pub fn register(registry: &mut Registry) {
+        registry.register_collector(Box::new(Self));
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(bytes) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .as_deref()
+            .and_then(resident_bytes)
+        {
+            let gauge = ConstGauge::new(bytes as i64);
+            gauge.encode(encoder.encode_descriptor(
+                "process_resident_memory",
+                "Resident memory size",
+                Some(&Unit::Bytes),
+                gauge.metric_type(),
+            )?)?;
+        }
+        if let Some(seconds) = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .as_deref()
+            .and_then(cpu_seconds)
+        {
+            let counter = ConstCounter::new(seconds);
+            counter.encode(encoder.encode_descriptor(
+                "process_cpu",
+                "User and system CPU time spent",
+                Some(&Unit::Seconds),
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
+fn resident_bytes(status: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` line, in seconds.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may hold spaces; count from after it.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After the name: state is field 3, so utime (14) and stime (15) are the 12th and 13th.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // The kernel reports both in USER_HZ ticks, which its ABI fixes at 100 per second.
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// A `/metrics` response.
@@ -89,5 +158,57 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: Can
                 tracing::debug!(%error, "metrics connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_is_read_from_the_status_text() {
+        let status =
+            "Name:\tfinalprice-front\nVmHWM:\t   99999 kB\nVmRSS:\t   28160 kB\nThreads:\t3\n";
+        assert_eq!(resident_bytes(status), Some(28_160 * 1024));
+        assert_eq!(resident_bytes("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 3 0";
+        assert_eq!(cpu_seconds(stat), Some(3.8));
+        assert_eq!(cpu_seconds("4242 (x) S 1"), None);
+    }
+
+    /// The value of the metric `name` in an OpenMetrics text.
+    fn value(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+            .parse()
+            .expect("a number")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_reports_its_memory_and_cpu_under_the_standard_names() {
+        let mut registry = Registry::default();
+        ProcessCollector::register(&mut registry);
+        let before = encode(&registry);
+        // A test process holds at least a few MiB.
+        assert!(
+            value(&before, "process_resident_memory_bytes") > 1e6,
+            "{before}"
+        );
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(100) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let after = encode(&registry);
+        assert!(
+            value(&after, "process_cpu_seconds_total")
+                > value(&before, "process_cpu_seconds_total"),
+            "CPU time did not move:\n{before}\n{after}"
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! The front's Prometheus metrics, served at `/metrics`: requests by route and status, latency,
-//! the wait for confirmations, requests in flight, publish failures, connections open and idle.
+//! the wait for confirmations, requests in flight, publish failures, connections open and idle,
+//! and the process's memory and CPU.
 
 use std::time::Duration;
 
-use finalprice_shared::metrics::duration_buckets;
+use finalprice_shared::metrics::{ProcessCollector, duration_buckets};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -110,7 +111,9 @@ impl Default for FrontMetrics {
         let confirmation_wait_seconds =
             Family::<WaitLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
         let publish_failures = Family::default();
-        let mut registry = Registry::with_prefix("finalprice_front");
+        let mut root = Registry::default();
+        ProcessCollector::register(&mut root);
+        let registry = root.sub_registry_with_prefix("finalprice_front");
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -147,7 +150,7 @@ impl Default for FrontMetrics {
             publish_failures.clone(),
         );
         Self {
-            registry,
+            registry: root,
             requests,
             request_seconds,
             in_flight,

@@ -103,6 +103,7 @@ impl Application {
     /// confirmed and acked (bounded by `worker.shutdown_grace`), and the acks flushed.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut registry = Registry::default();
+        metrics::ProcessCollector::register(&mut registry);
         self.stats.register(&mut registry);
         tracing::info!(addr = %self.metrics.local_addr()?, "worker metrics on /metrics");
         let metrics_task = tokio::spawn(metrics::serve(

@@ -87,6 +87,15 @@ async fn metrics_count_requests_orders_and_batches() {
         worker.contains("finalprice_worker_consumer_pending"),
         "the lag gauge is exported"
     );
+    // Both services report their process under Prometheus' standard names (the test process
+    // runs both, so only presence and a plausible size can be asserted).
+    for text in [&front, &worker] {
+        assert!(
+            sample(text, "process_resident_memory_bytes", &[]) > 1e6,
+            "{text}"
+        );
+        assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+    }
     app.stop().await;
 }
 
