@@ -1,4 +1,5 @@
 //! FinalPrice's measurement tools: `finalprice-load` (src/main.rs, `just load`) drives a running
 //! stack; `benches/hot_paths.rs` (`just bench`) times the hot paths in isolation.
 
+pub mod probe;
 pub mod report;

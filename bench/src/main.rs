@@ -1,10 +1,12 @@
 //! `finalprice-load` (`just load`): drives a running FinalPrice with order posts over keep-alive
-//! connections, then reports confirmed orders per second, outcomes, latency percentiles, checks
-//! the database for every confirmed order, and draws the run as an SVG.
+//! connections, then reports confirmed orders per second, outcomes, latency percentiles, the
+//! front's memory and CPU (from its `/metrics`), checks the database for every confirmed order,
+//! and draws the run as an SVG.
 //!
 //! Usage: `finalprice-load [--url http://127.0.0.1:8080] [--connections 256] [--seconds 30 |
-//! --requests N] [--form] [--report target/load-report.svg]`; `DATABASE_URL` names the database
-//! to check (unset: no check).
+//! --requests N] [--hold SECONDS] [--form] [--report target/load-report.svg]`; `--hold` keeps
+//! every connection open and idle that long after its last order, to measure the front holding
+//! them; `DATABASE_URL` names the database to check (unset: no check).
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -13,14 +15,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use finalprice_bench::probe::{FrontSample, Probe, sample_every};
 use finalprice_bench::report::{
-    Outcome, Run, check_database, latency_histogram, render_svg, render_text,
+    FrontUse, Held, Outcome, Run, check_database, latency_histogram, render_svg, render_text,
 };
 use hdrhistogram::Histogram;
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{Barrier, watch};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -29,6 +34,7 @@ struct Args {
     connections: usize,
     seconds: Option<u64>,
     requests: Option<u64>,
+    hold: Option<u64>,
     form: bool,
     report: String,
 }
@@ -39,6 +45,7 @@ fn parse_args() -> anyhow::Result<Args> {
         connections: 256,
         seconds: None,
         requests: None,
+        hold: None,
         form: false,
         report: "target/load-report.svg".into(),
     };
@@ -50,6 +57,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--connections" => args.connections = value()?.parse()?,
             "--seconds" => args.seconds = Some(value()?.parse()?),
             "--requests" => args.requests = Some(value()?.parse()?),
+            "--hold" => args.hold = Some(value()?.parse()?),
             "--form" => args.form = true,
             "--report" => args.report = value()?,
             other => bail!("unknown flag {other}"),
@@ -85,17 +93,47 @@ async fn main() -> anyhow::Result<()> {
     // Random, so runs against a database kept between runs use different ranges.
     let run_base: u64 = 9_000_000_000 + (Uuid::new_v4().as_u128() % 900) as u64 * 1_000_000;
 
+    // The front's process before the first order, then every 250 ms on a second connection.
+    let mut probe = Probe::new(&authority, started);
+    let at_start = probe.sample().await;
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sampler = tokio::spawn(sample_every(
+        Probe::new(&authority, started),
+        Duration::from_millis(250),
+        Arc::clone(&samples),
+    ));
+
+    // Every lane meets here after its last order; the hold (if any) starts when all have.
+    let loaded = Arc::new(Barrier::new(args.connections + 1));
+    let (release, released) = watch::channel(false);
     let mut lanes = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         let (authority, issued, args) = (authority.clone(), Arc::clone(&issued), args.clone());
+        let (loaded, mut released) = (Arc::clone(&loaded), released.clone());
         lanes.push(tokio::spawn(async move {
-            lane(&authority, &args, deadline, &issued, run_base, started).await
+            let outcome = lane(&authority, &args, deadline, &issued, run_base, started).await;
+            loaded.wait().await;
+            let (lane, sender) = outcome?;
+            let _ = released.wait_for(|released| *released).await;
+            anyhow::Ok((lane, !sender.is_closed()))
         }));
     }
+    loaded.wait().await;
     let mut run = Run::new(args.connections, args.form);
+    run.elapsed = started.elapsed();
+    let at_load_end = probe.sample().await;
+    let held_from = started.elapsed();
+    if let Some(hold) = args.hold {
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
+    let at_hold_end = probe.sample().await;
+    sampler.abort();
+    let _ = release.send(true);
+    let mut open_after_hold = 0;
     for lane in lanes {
         match lane.await? {
-            Ok(lane) => {
+            Ok((lane, open)) => {
+                open_after_hold += usize::from(open);
                 run.latency.add(&lane.latency)?;
                 run.outcomes.extend(lane.outcomes);
                 for (second, count) in lane.confirmed_per_second.into_iter().enumerate() {
@@ -109,7 +147,31 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    run.elapsed = started.elapsed();
+    let samples = std::mem::take(&mut *samples.lock().expect("not poisoned"));
+    let peak = |from: Duration, to: Duration, ends: &[Option<FrontSample>]| {
+        samples
+            .iter()
+            .filter(|sample| (from..=to).contains(&sample.at))
+            .chain(ends.iter().flatten())
+            .map(|sample| sample.resident_bytes)
+            .max()
+    };
+    if let (Some(start), Some(end)) = (at_start, at_load_end) {
+        run.front = Some(FrontUse {
+            start,
+            end,
+            peak_resident_bytes: peak(start.at, end.at, &[at_start, at_load_end])
+                .unwrap_or(end.resident_bytes),
+        });
+    }
+    if let Some(seconds) = args.hold {
+        run.held = Some(Held {
+            seconds,
+            open: open_after_hold,
+            front_peak_resident_bytes: peak(held_from, Duration::MAX, &[at_hold_end]),
+            front_end_resident_bytes: at_hold_end.map(|sample| sample.resident_bytes),
+        });
+    }
 
     if let Ok(url) = std::env::var("DATABASE_URL") {
         let last = run_base + issued.load(Ordering::Relaxed);
@@ -124,7 +186,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One keep-alive connection posting orders back to back until the run ends.
+/// One keep-alive connection posting orders back to back until the run ends; what it saw, and
+/// the connection, still open, for the hold.
 async fn lane(
     authority: &str,
     args: &Args,
@@ -132,7 +195,7 @@ async fn lane(
     issued: &AtomicU64,
     run_base: u64,
     started: Instant,
-) -> anyhow::Result<Lane> {
+) -> anyhow::Result<(Lane, SendRequest<Full<Bytes>>)> {
     let mut lane = Lane {
         latency: latency_histogram(),
         outcomes: Vec::new(),
@@ -199,12 +262,10 @@ async fn lane(
         }
         lane.outcomes.push((key, outcome));
     }
-    Ok(lane)
+    Ok((lane, sender))
 }
 
-async fn connect(
-    authority: &str,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+async fn connect(authority: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(authority).await?;
     stream.set_nodelay(true)?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

@@ -1,11 +1,12 @@
 //! What a load run found, as text for the terminal and as an SVG picture: latency histogram and
-//! confirmed orders per second.
+//! confirmed orders per second; the front's memory and CPU, and connections held.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::time::Duration;
 
+use crate::probe::FrontSample;
 use finalprice_db::entity::orders;
 use hdrhistogram::Histogram;
 use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect};
@@ -50,6 +51,29 @@ pub struct Run {
     pub confirmed_per_second: BTreeMap<usize, u64>,
     pub errors: BTreeMap<String, u64>,
     pub database: Option<DatabaseCheck>,
+    /// The front's process over the load (unset when its `/metrics` does not report it).
+    pub front: Option<FrontUse>,
+    /// The idle hold after the load (`--hold`).
+    pub held: Option<Held>,
+}
+
+/// The front's process from before the first order to the end of the load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrontUse {
+    pub start: FrontSample,
+    pub end: FrontSample,
+    /// Of every sample in between (taken every 250 ms).
+    pub peak_resident_bytes: u64,
+}
+
+/// Every connection kept open, idle, after its last order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub seconds: u64,
+    /// Connections still open when the hold ended.
+    pub open: usize,
+    pub front_peak_resident_bytes: Option<u64>,
+    pub front_end_resident_bytes: Option<u64>,
 }
 
 impl Run {
@@ -63,6 +87,8 @@ impl Run {
             confirmed_per_second: BTreeMap::new(),
             errors: BTreeMap::new(),
             database: None,
+            front: None,
+            held: None,
         }
     }
 
@@ -186,6 +212,49 @@ pub fn render_text(run: &Run) -> String {
         ms(0.99),
         run.latency.max() as f64 / 1000.0
     );
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    match &run.front {
+        Some(front) => {
+            let cpu = front.end.cpu_seconds - front.start.cpu_seconds;
+            let _ = write!(
+                out,
+                "front: RSS {:.1} MiB at the start, {:.1} MiB at the peak, {:.1} MiB at the end",
+                mib(front.start.resident_bytes),
+                mib(front.peak_resident_bytes),
+                mib(front.end.resident_bytes),
+            );
+            if confirmed > 0 {
+                let _ = write!(
+                    out,
+                    "; CPU {:.1} ms per 1,000 confirmed orders",
+                    cpu * 1e6 / confirmed as f64
+                );
+            }
+            let _ = writeln!(out);
+        }
+        None => {
+            let _ = writeln!(out, "front: memory and CPU not reported by its /metrics");
+        }
+    }
+    if let Some(held) = &run.held {
+        let _ = write!(
+            out,
+            "held: {} of {} connections still open after {} s idle",
+            held.open, run.connections, held.seconds
+        );
+        if let (Some(peak), Some(end)) = (
+            held.front_peak_resident_bytes,
+            held.front_end_resident_bytes,
+        ) {
+            let _ = write!(
+                out,
+                "; front RSS {:.1} MiB at the end, {:.1} MiB at the peak while held",
+                mib(end),
+                mib(peak)
+            );
+        }
+        let _ = writeln!(out);
+    }
     match &run.database {
         Some(check) => {
             let _ = writeln!(

@@ -459,6 +459,8 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
                 "16",
                 "--requests",
                 "300",
+                "--hold",
+                "1",
             ])
             .args(["--report", report.to_str().expect("UTF-8 path")])
             .env("DATABASE_URL", &stack.db_url)
@@ -481,6 +483,13 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
     );
     assert!(text.contains("0 stored twice (must be 0)"), "{text}");
     assert!(text.contains("latency ms: p50"), "{text}");
+    // The front's own figures come from its /metrics; the hold kept every connection open.
+    assert!(text.contains("front: RSS "), "{text}");
+    assert!(text.contains(" ms per 1,000 confirmed orders"), "{text}");
+    assert!(
+        text.contains("held: 16 of 16 connections still open after 1 s idle; front RSS "),
+        "{text}"
+    );
     let confirmed_rows = text
         .split("database: ")
         .nth(1)

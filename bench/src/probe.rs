@@ -1,0 +1,119 @@
+//! Reads the front's own memory and CPU from its `/metrics` (`process_resident_memory_bytes`,
+//! `process_cpu_seconds_total`) during a load run, over a connection of its own.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The front's process at one moment of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrontSample {
+    /// Since the run started.
+    pub at: Duration,
+    pub resident_bytes: u64,
+    pub cpu_seconds: f64,
+}
+
+/// A keep-alive connection to the front for `GET /metrics`.
+#[derive(Debug)]
+pub struct Probe {
+    authority: String,
+    started: Instant,
+    sender: Option<SendRequest<Empty<Bytes>>>,
+}
+
+impl Probe {
+    pub fn new(authority: &str, started: Instant) -> Self {
+        Self {
+            authority: authority.to_owned(),
+            started,
+            sender: None,
+        }
+    }
+
+    /// One sample, or `None` when the front cannot be asked or does not report its process
+    /// (then the run is reported without it).
+    pub async fn sample(&mut self) -> Option<FrontSample> {
+        let text = match self.metrics().await {
+            Ok(text) => text,
+            Err(_) => {
+                // A broken connection is opened again on the next sample.
+                self.sender = None;
+                return None;
+            }
+        };
+        Some(FrontSample {
+            at: self.started.elapsed(),
+            resident_bytes: value(&text, "process_resident_memory_bytes")? as u64,
+            cpu_seconds: value(&text, "process_cpu_seconds_total")?,
+        })
+    }
+
+    async fn metrics(&mut self) -> anyhow::Result<String> {
+        let sender = match &mut self.sender {
+            Some(sender) if !sender.is_closed() => sender,
+            slot => {
+                let stream = TcpStream::connect(&self.authority).await?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                slot.insert(sender)
+            }
+        };
+        sender.ready().await?;
+        let request = Request::get("/metrics")
+            .header(header::HOST, &self.authority)
+            .body(Empty::new())?;
+        let response = sender.send_request(request).await?;
+        anyhow::ensure!(response.status() == 200, "/metrics: {}", response.status());
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// Samples every `every` until dropped (abort the task), into the returned list.
+pub async fn sample_every(
+    mut probe: Probe,
+    every: Duration,
+    into: std::sync::Arc<std::sync::Mutex<Vec<FrontSample>>>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Some(sample) = probe.sample().await {
+            into.lock().expect("not poisoned").push(sample);
+        }
+    }
+}
+
+/// The value of the unlabelled metric `name` in an OpenMetrics text.
+fn value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_found_by_their_whole_name() {
+        let text = "# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total 12.5\nprocess_resident_memory_bytes_x 1\nprocess_resident_memory_bytes 29360128\n# EOF\n";
+        assert_eq!(value(text, "process_cpu_seconds_total"), Some(12.5));
+        assert_eq!(
+            value(text, "process_resident_memory_bytes"),
+            Some(29_360_128.0)
+        );
+        assert_eq!(value(text, "process_open_fds"), None);
+    }
+}
