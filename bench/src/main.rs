@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use finalprice_bench::probe::{FrontSample, Probe, sample_every};
+use finalprice_bench::probe::{Probe, sample_every};
 use finalprice_bench::report::{
     FrontUse, Held, Outcome, Run, check_database, latency_histogram, render_svg, render_text,
 };
@@ -147,12 +147,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let samples = std::mem::take(&mut *samples.lock().expect("not poisoned"));
-    let peak = |from: Duration, to: Duration, ends: &[Option<FrontSample>]| {
+    let mut samples = std::mem::take(&mut *samples.lock().expect("not poisoned"));
+    samples.extend([at_start, at_load_end, at_hold_end].into_iter().flatten());
+    samples.sort_by_key(|sample| sample.at);
+    let peak = |from: Duration, to: Duration| {
         samples
             .iter()
             .filter(|sample| (from..=to).contains(&sample.at))
-            .chain(ends.iter().flatten())
             .map(|sample| sample.resident_bytes)
             .max()
     };
@@ -160,18 +161,18 @@ async fn main() -> anyhow::Result<()> {
         run.front = Some(FrontUse {
             start,
             end,
-            peak_resident_bytes: peak(start.at, end.at, &[at_start, at_load_end])
-                .unwrap_or(end.resident_bytes),
+            peak_resident_bytes: peak(start.at, end.at).unwrap_or(end.resident_bytes),
         });
     }
     if let Some(seconds) = args.hold {
         run.held = Some(Held {
             seconds,
             open: open_after_hold,
-            front_peak_resident_bytes: peak(held_from, Duration::MAX, &[at_hold_end]),
+            front_peak_resident_bytes: peak(held_from, Duration::MAX),
             front_end_resident_bytes: at_hold_end.map(|sample| sample.resident_bytes),
         });
     }
+    run.front_samples = samples;
 
     if let Ok(url) = std::env::var("DATABASE_URL") {
         let last = run_base + issued.load(Ordering::Relaxed);

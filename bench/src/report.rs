@@ -1,5 +1,6 @@
-//! What a load run found, as text for the terminal and as an SVG picture: latency histogram and
-//! confirmed orders per second; the front's memory and CPU, and connections held.
+//! What a load run found, as text for the terminal and as an SVG picture: latency histogram,
+//! confirmed orders per second and the front's RSS over time; the front's memory and CPU, and
+//! connections held.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -55,6 +56,8 @@ pub struct Run {
     pub front: Option<FrontUse>,
     /// The idle hold after the load (`--hold`).
     pub held: Option<Held>,
+    /// The front's process every 250 ms, load and hold, for the picture.
+    pub front_samples: Vec<FrontSample>,
 }
 
 /// The front's process from before the first order to the end of the load.
@@ -89,6 +92,7 @@ impl Run {
             database: None,
             front: None,
             held: None,
+            front_samples: Vec::new(),
         }
     }
 
@@ -274,13 +278,19 @@ pub fn render_text(run: &Run) -> String {
     out
 }
 
-/// Two panels: latency histogram (log scale buckets) and confirmed orders per second.
+/// Latency histogram (log scale buckets), confirmed orders per second, and (when the front
+/// reported it) the front's RSS over the run and hold.
 pub fn render_svg(run: &Run) -> String {
     const W: f64 = 900.0;
     const H: f64 = 260.0;
+    let panels = if run.front_samples.is_empty() {
+        2.0
+    } else {
+        3.0
+    };
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}" font-family="sans-serif" font-size="12">"##,
-        2.0 * H + 40.0
+        panels * H + 40.0
     );
     let _ = write!(svg, r##"<rect width="100%" height="100%" fill="#fff"/>"##);
 
@@ -350,12 +360,56 @@ pub fn render_svg(run: &Run) -> String {
         .collect();
     let _ = write!(
         svg,
-        r##"<polyline fill="none" stroke="#b3261e" stroke-width="2" points="{}"/><text x="60" y="{:.1}">peak {} /s over {} s</text></svg>"##,
+        r##"<polyline fill="none" stroke="#b3261e" stroke-width="2" points="{}"/><text x="60" y="{:.1}">peak {} /s over {} s</text>"##,
         points.join(" "),
         top + H - 20.0,
         peak as u64,
         seconds.len()
     );
+
+    if let Some(last) = run.front_samples.last() {
+        let top = 2.0 * H + 20.0;
+        let _ = write!(
+            svg,
+            r##"<text x="10" y="{:.1}" font-weight="bold">Front RSS (MiB) over the run{}</text>"##,
+            top + 8.0,
+            if run.held.is_some() {
+                " and the hold"
+            } else {
+                ""
+            }
+        );
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        let peak = run
+            .front_samples
+            .iter()
+            .map(|sample| sample.resident_bytes)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let span = last.at.as_secs_f64().max(1e-3);
+        let points: Vec<String> = run
+            .front_samples
+            .iter()
+            .map(|sample| {
+                format!(
+                    "{:.1},{:.1}",
+                    60.0 + sample.at.as_secs_f64() / span * (W - 80.0),
+                    top + H - 40.0 - (sample.resident_bytes as f64 / peak as f64) * (H - 70.0)
+                )
+            })
+            .collect();
+        let _ = write!(
+            svg,
+            r##"<polyline fill="none" stroke="#146c2e" stroke-width="2" points="{}"/><text x="60" y="{:.1}">peak {:.1} MiB, last {:.1} MiB, over {:.1} s</text>"##,
+            points.join(" "),
+            top + H - 20.0,
+            mib(peak),
+            mib(last.resident_bytes),
+            span
+        );
+    }
+    svg.push_str("</svg>");
     svg
 }
 

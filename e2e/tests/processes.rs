@@ -499,4 +499,8 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
     assert!(confirmed_rows > 0, "{text}");
     let svg = std::fs::read_to_string(&report).expect("the picture was written");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    assert!(
+        svg.contains("Front RSS (MiB) over the run and the hold") && svg.ends_with("</svg>"),
+        "{svg}"
+    );
 }
