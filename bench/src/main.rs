@@ -93,7 +93,8 @@ async fn main() -> anyhow::Result<()> {
     // Random, so runs against a database kept between runs use different ranges.
     let run_base: u64 = 9_000_000_000 + (Uuid::new_v4().as_u128() % 900) as u64 * 1_000_000;
 
-    // The front's process before the first order, then every 250 ms on a second connection.
+    // The front's memory and CPU are read from its own /metrics, so the figures need no access
+    // to its host: once at each phase boundary, and every 250 ms for the peak and the picture.
     let mut probe = Probe::new(&authority, started);
     let at_start = probe.sample().await;
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -103,7 +104,8 @@ async fn main() -> anyhow::Result<()> {
         Arc::clone(&samples),
     ));
 
-    // Every lane meets here after its last order; the hold (if any) starts when all have.
+    // A lane that is done keeps its socket until every lane is, so the front is measured
+    // holding all the connections at once, and the hold starts only then.
     let loaded = Arc::new(Barrier::new(args.connections + 1));
     let (release, released) = watch::channel(false);
     let mut lanes = Vec::with_capacity(args.connections);
@@ -113,9 +115,9 @@ async fn main() -> anyhow::Result<()> {
         lanes.push(tokio::spawn(async move {
             let outcome = lane(&authority, &args, deadline, &issued, run_base, started).await;
             loaded.wait().await;
-            let (lane, sender) = outcome?;
+            let (lane, sender, busy_until) = outcome?;
             let _ = released.wait_for(|released| *released).await;
-            anyhow::Ok((lane, !sender.is_closed()))
+            anyhow::Ok((lane, !sender.is_closed(), busy_until.elapsed()))
         }));
     }
     loaded.wait().await;
@@ -129,11 +131,15 @@ async fn main() -> anyhow::Result<()> {
     let at_hold_end = probe.sample().await;
     sampler.abort();
     let _ = release.send(true);
-    let mut open_after_hold = 0;
+    let (mut held_lanes, mut open_after_hold) = (0, 0);
+    let (mut idle_shortest, mut idle_longest) = (Duration::MAX, Duration::ZERO);
     for lane in lanes {
         match lane.await? {
-            Ok((lane, open)) => {
+            Ok((lane, open, idle)) => {
+                held_lanes += 1;
                 open_after_hold += usize::from(open);
+                idle_shortest = idle_shortest.min(idle);
+                idle_longest = idle_longest.max(idle);
                 run.latency.add(&lane.latency)?;
                 run.outcomes.extend(lane.outcomes);
                 for (second, count) in lane.confirmed_per_second.into_iter().enumerate() {
@@ -167,7 +173,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(seconds) = args.hold {
         run.held = Some(Held {
             seconds,
+            lanes: held_lanes,
             open: open_after_hold,
+            idle_shortest: idle_shortest.min(idle_longest),
+            idle_longest,
             front_peak_resident_bytes: peak(held_from, Duration::MAX),
             front_end_resident_bytes: at_hold_end.map(|sample| sample.resident_bytes),
         });
@@ -188,7 +197,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// One keep-alive connection posting orders back to back until the run ends; what it saw, and
-/// the connection, still open, for the hold.
+/// the connection, still open, for the hold, with when it last sent a request (or began to
+/// connect): the earliest the front may have seen it go idle. With thousands of connections
+/// this task may learn of an answer or a connection seconds after the front gave it.
 async fn lane(
     authority: &str,
     args: &Args,
@@ -196,12 +207,13 @@ async fn lane(
     issued: &AtomicU64,
     run_base: u64,
     started: Instant,
-) -> anyhow::Result<(Lane, SendRequest<Full<Bytes>>)> {
+) -> anyhow::Result<(Lane, SendRequest<Full<Bytes>>, Instant)> {
     let mut lane = Lane {
         latency: latency_histogram(),
         outcomes: Vec::new(),
         confirmed_per_second: Vec::new(),
     };
+    let mut busy_until = Instant::now();
     let mut sender = connect(authority).await?;
     loop {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
@@ -241,6 +253,7 @@ async fn lane(
         }
         .await;
         let took = sent.elapsed();
+        busy_until = sent;
         let outcome = match answer {
             Ok(201) => Outcome::Accepted,
             Ok(202) => Outcome::Pending,
@@ -249,6 +262,7 @@ async fn lane(
             Err(_) => {
                 // The connection broke: count it, and open a new one.
                 lane.outcomes.push((key, Outcome::Failed));
+                busy_until = Instant::now();
                 sender = connect(authority).await?;
                 continue;
             }
@@ -263,7 +277,7 @@ async fn lane(
         }
         lane.outcomes.push((key, outcome));
     }
-    Ok((lane, sender))
+    Ok((lane, sender, busy_until))
 }
 
 async fn connect(authority: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {

@@ -39,10 +39,12 @@ impl Probe {
     /// One sample, or `None` when the front cannot be asked or does not report its process
     /// (then the run is reported without it).
     pub async fn sample(&mut self) -> Option<FrontSample> {
-        let text = match self.metrics().await {
-            Ok(text) => text,
-            Err(_) => {
-                // A broken connection is opened again on the next sample.
+        // Bounded: a front at its connection cap leaves a new connection waiting in the backlog,
+        // and the run must not wait on its own measurement.
+        let text = match tokio::time::timeout(Duration::from_secs(2), self.metrics()).await {
+            Ok(Ok(text)) => text,
+            _ => {
+                // Whatever state the connection is in, the next sample starts on a fresh one.
                 self.sender = None;
                 return None;
             }

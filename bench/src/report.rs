@@ -69,12 +69,20 @@ pub struct FrontUse {
     pub peak_resident_bytes: u64,
 }
 
-/// Every connection kept open, idle, after its last order.
+/// Every connection kept open, idle, after its last order, until all were done and then
+/// `seconds` more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     pub seconds: u64,
-    /// Connections still open when the hold ended.
+    /// Connections that got through the load to the hold (the others failed to connect).
+    pub lanes: usize,
+    /// Of those, still open when the hold ended.
     pub open: usize,
+    /// At most, from the front's side: since each connection last sent a request (or began to
+    /// connect). The generator may see an answer late, so its own view would understate it.
+    pub idle_shortest: Duration,
+    pub idle_longest: Duration,
+    /// Since the load ended (so it includes memory the load left, on its way back to the OS).
     pub front_peak_resident_bytes: Option<u64>,
     pub front_end_resident_bytes: Option<u64>,
 }
@@ -243,8 +251,12 @@ pub fn render_text(run: &Run) -> String {
     if let Some(held) = &run.held {
         let _ = write!(
             out,
-            "held: {} of {} connections still open after {} s idle",
-            held.open, run.connections, held.seconds
+            "held: {} of {} connections still open after a {} s hold (each idle at most {:.1}–{:.1} s: since it last sent or began to connect)",
+            held.open,
+            held.lanes,
+            held.seconds,
+            held.idle_shortest.as_secs_f64(),
+            held.idle_longest.as_secs_f64()
         );
         if let (Some(peak), Some(end)) = (
             held.front_peak_resident_bytes,
@@ -252,7 +264,7 @@ pub fn render_text(run: &Run) -> String {
         ) {
             let _ = write!(
                 out,
-                "; front RSS {:.1} MiB at the end, {:.1} MiB at the peak while held",
+                "; front RSS {:.1} MiB at the end, {:.1} MiB at the peak since the load ended",
                 mib(end),
                 mib(peak)
             );

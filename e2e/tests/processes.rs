@@ -487,7 +487,11 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
     assert!(text.contains("front: RSS "), "{text}");
     assert!(text.contains(" ms per 1,000 confirmed orders"), "{text}");
     assert!(
-        text.contains("held: 16 of 16 connections still open after 1 s idle; front RSS "),
+        text.contains("held: 16 of 16 connections still open after a 1 s hold (each idle at most "),
+        "{text}"
+    );
+    assert!(
+        text.contains("MiB at the peak since the load ended"),
         "{text}"
     );
     let confirmed_rows = text

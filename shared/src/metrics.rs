@@ -96,7 +96,7 @@ fn cpu_seconds(stat: &str) -> Option<f64> {
     // After the name: state is field 3, so utime (14) and stime (15) are the 12th and 13th.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    // The kernel reports both in USER_HZ ticks, which its ABI fixes at 100 per second.
+    // Both are in USER_HZ ticks: 100 per second on x86 and ARM, the platforms we build for.
     Some((utime + stime) as f64 / 100.0)
 }
 
@@ -200,15 +200,21 @@ mod tests {
             value(&before, "process_resident_memory_bytes") > 1e6,
             "{before}"
         );
+        // Spin until the next 10 ms tick is counted; bounded, so a broken reading fails.
+        let cpu_before = value(&before, "process_cpu_seconds_total");
         let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(100) {
-            std::hint::black_box(spin.elapsed());
+        let mut after = encode(&registry);
+        while value(&after, "process_cpu_seconds_total") <= cpu_before
+            && spin.elapsed() < std::time::Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                std::hint::black_box(spin.elapsed());
+            }
+            after = encode(&registry);
         }
-        let after = encode(&registry);
         assert!(
-            value(&after, "process_cpu_seconds_total")
-                > value(&before, "process_cpu_seconds_total"),
-            "CPU time did not move:\n{before}\n{after}"
+            value(&after, "process_cpu_seconds_total") > cpu_before,
+            "CPU time did not move in 10 s of spinning:\n{before}\n{after}"
         );
     }
 }
