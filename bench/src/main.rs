@@ -5,8 +5,8 @@
 //!
 //! Usage: `finalprice-load [--url http://127.0.0.1:8080] [--connections 256] [--seconds 30 |
 //! --requests N] [--hold SECONDS] [--form] [--report target/load-report.svg]`; `--hold` keeps
-//! every connection open and idle that long after its last order, to measure the front holding
-//! them; `DATABASE_URL` names the database to check (unset: no check).
+//! every connection open and idle until the last is done and then that long, to measure the
+//! front holding them; `DATABASE_URL` names the database to check (unset: no check).
 
 use std::io::Write as _;
 use std::sync::Arc;

@@ -79,7 +79,7 @@ impl Probe {
     }
 }
 
-/// Samples every `every` until dropped (abort the task), into the returned list.
+/// Samples every `every` into `into`, until its task is aborted.
 pub async fn sample_every(
     mut probe: Probe,
     every: Duration,
