@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use finalprice_bench::client::connect;
 use finalprice_bench::probe::{Probe, sample_every};
 use finalprice_bench::report::{
     FrontUse, Held, Outcome, Run, check_database, latency_histogram, render_svg, render_text,
@@ -23,8 +24,6 @@ use hdrhistogram::Histogram;
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::{Barrier, watch};
 use uuid::Uuid;
 
@@ -278,12 +277,4 @@ async fn lane(
         lane.outcomes.push((key, outcome));
     }
     Ok((lane, sender, busy_until))
-}
-
-async fn connect(authority: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(authority).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    Ok(sender)
 }

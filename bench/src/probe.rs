@@ -4,11 +4,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use finalprice_shared::metrics::sample_value;
 use http::{Request, header};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+
+use crate::client::connect;
 
 /// The front's process at one moment of the run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,7 +25,7 @@ pub struct FrontSample {
 pub struct Probe {
     authority: String,
     started: Instant,
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Probe {
@@ -51,27 +52,20 @@ impl Probe {
         };
         Some(FrontSample {
             at: self.started.elapsed(),
-            resident_bytes: value(&text, "process_resident_memory_bytes")? as u64,
-            cpu_seconds: value(&text, "process_cpu_seconds_total")?,
+            resident_bytes: sample_value(&text, "process_resident_memory_bytes")? as u64,
+            cpu_seconds: sample_value(&text, "process_cpu_seconds_total")?,
         })
     }
 
     async fn metrics(&mut self) -> anyhow::Result<String> {
         let sender = match &mut self.sender {
             Some(sender) if !sender.is_closed() => sender,
-            slot => {
-                let stream = TcpStream::connect(&self.authority).await?;
-                stream.set_nodelay(true)?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection);
-                slot.insert(sender)
-            }
+            slot => slot.insert(connect(&self.authority).await?),
         };
         sender.ready().await?;
         let request = Request::get("/metrics")
             .header(header::HOST, &self.authority)
-            .body(Empty::new())?;
+            .body(Full::default())?;
         let response = sender.send_request(request).await?;
         anyhow::ensure!(response.status() == 200, "/metrics: {}", response.status());
         let body = response.into_body().collect().await?.to_bytes();
@@ -92,30 +86,5 @@ pub async fn sample_every(
         if let Some(sample) = probe.sample().await {
             into.lock().expect("not poisoned").push(sample);
         }
-    }
-}
-
-/// The value of the unlabelled metric `name` in an OpenMetrics text.
-fn value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?
-        .trim()
-        .parse()
-        .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_are_found_by_their_whole_name() {
-        let text = "# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total 12.5\nprocess_resident_memory_bytes_x 1\nprocess_resident_memory_bytes 29360128\n# EOF\n";
-        assert_eq!(value(text, "process_cpu_seconds_total"), Some(12.5));
-        assert_eq!(
-            value(text, "process_resident_memory_bytes"),
-            Some(29_360_128.0)
-        );
-        assert_eq!(value(text, "process_open_fds"), None);
     }
 }

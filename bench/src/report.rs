@@ -224,7 +224,6 @@ pub fn render_text(run: &Run) -> String {
         ms(0.99),
         run.latency.max() as f64 / 1000.0
     );
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     match &run.front {
         Some(front) => {
             let cpu = front.end.cpu_seconds - front.start.cpu_seconds;
@@ -391,7 +390,6 @@ pub fn render_svg(run: &Run) -> String {
                 ""
             }
         );
-        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
         let peak = run
             .front_samples
             .iter()
@@ -423,6 +421,10 @@ pub fn render_svg(run: &Run) -> String {
     }
     svg.push_str("</svg>");
     svg
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn human_micros(us: u64) -> String {

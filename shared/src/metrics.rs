@@ -80,6 +80,16 @@ impl Collector for ProcessCollector {
     }
 }
 
+/// The value of the unlabelled sample `name` in an OpenMetrics text (as [`encode`] writes it):
+/// how the load tool and the tests read a process's figures back.
+pub fn sample_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
 fn resident_bytes(status: &str) -> Option<u64> {
     let line = status
@@ -180,13 +190,19 @@ mod tests {
         assert_eq!(cpu_seconds("4242 (x) S 1"), None);
     }
 
-    /// The value of the metric `name` in an OpenMetrics text.
     fn value(text: &str, name: &str) -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
-            .parse()
-            .expect("a number")
+        sample_value(text, name).unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    }
+
+    #[test]
+    fn samples_are_found_by_their_whole_name() {
+        let text = "# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total 12.5\nprocess_resident_memory_bytes_x 1\nprocess_resident_memory_bytes 29360128\n# EOF\n";
+        assert_eq!(sample_value(text, "process_cpu_seconds_total"), Some(12.5));
+        assert_eq!(
+            sample_value(text, "process_resident_memory_bytes"),
+            Some(29_360_128.0)
+        );
+        assert_eq!(sample_value(text, "process_open_fds"), None);
     }
 
     #[cfg(target_os = "linux")]
