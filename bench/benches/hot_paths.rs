@@ -5,12 +5,11 @@ use std::hint::black_box;
 
 use chrono::Utc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use finalprice_db::entity::orders;
 use finalprice_front::form::OrderForm;
 use finalprice_shared::domain::{Country, CustomerName, PhoneNumber};
 use finalprice_shared::messages::{self, NewOrder};
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{DbBackend, EntityTrait, QueryTrait};
+use finalprice_worker::process::insert_statement;
+use sea_orm::DbBackend;
 use uuid::Uuid;
 
 const FORM: &[u8] = b"name=%D0%90%D0%BD%D0%BD%D0%B0+%D0%9F%D0%B5%D1%82%D1%80%D0%BE%D0%B2%D0%B0&phone=8+%28999%29+123-45-67&key=01a1fd7a-4ee6-7162-bd2e-79eb3a3f3ae4";
@@ -58,23 +57,26 @@ fn wire_messages(c: &mut Criterion) {
 
 fn batch_building(c: &mut Criterion) {
     let mut group = c.benchmark_group("worker");
-    for size in [1usize, 64, 256] {
-        group.throughput(Throughput::Elements(size as u64));
-        group.bench_function(format!("build the INSERT of a batch of {size}"), |b| {
-            b.iter_batched(
-                || (0..size as u64).map(order).collect::<Vec<_>>(),
-                |batch| {
-                    orders::Entity::insert_many(batch.iter().map(orders::ActiveModel::from))
-                        .on_conflict(
-                            OnConflict::column(orders::Column::Id)
-                                .do_nothing()
-                                .to_owned(),
-                        )
-                        .build(DbBackend::Postgres)
+    for (backend, label) in [
+        (DbBackend::Postgres, "PostgreSQL arrays"),
+        (DbBackend::Sqlite, "SQLite VALUES"),
+    ] {
+        for size in [1usize, 64, 256] {
+            group.throughput(Throughput::Elements(size as u64));
+            group.bench_function(
+                format!("build the INSERT of a batch of {size} ({label})"),
+                |b| {
+                    b.iter_batched(
+                        || (0..size as u64).map(order).collect::<Vec<_>>(),
+                        |batch| {
+                            let batch: Vec<&NewOrder> = batch.iter().collect();
+                            insert_statement(backend, &batch)
+                        },
+                        BatchSize::SmallInput,
+                    );
                 },
-                BatchSize::SmallInput,
             );
-        });
+        }
     }
     group.finish();
 }

@@ -21,7 +21,10 @@ use finalprice_shared::messages::{
 };
 use finalprice_shared::telemetry;
 use opentelemetry::trace::TraceContextExt;
-use sea_orm::{DatabaseConnection, DbErr, EntityTrait, sea_query::OnConflict};
+use sea_orm::sea_query::{OnConflict, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryTrait, Statement,
+};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
@@ -71,23 +74,65 @@ pub async fn commit_orders<'a>(
 ) -> Result<HashSet<Uuid>, DbErr> {
     // A redelivery can meet its original in the same batch; one row per id per statement.
     let mut seen = HashSet::new();
-    let rows: Vec<orders::ActiveModel> = orders
+    let orders: Vec<&NewOrder> = orders
         .into_iter()
         .filter(|order| seen.insert(order.id))
-        .map(orders::ActiveModel::from)
         .collect();
-    if rows.is_empty() {
+    if orders.is_empty() {
         return Ok(HashSet::new());
     }
-    let inserted = orders::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::column(orders::Column::Id)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_with_returning_keys(db)
-        .await?;
-    Ok(inserted.into_iter().collect())
+    let statement = insert_statement(db.get_database_backend(), &orders);
+    db.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<Uuid>("", "id"))
+        .collect()
+}
+
+/// The one statement that inserts `orders` (distinct ids), skips those already stored and
+/// returns the ids it inserted.
+///
+/// On PostgreSQL the batch travels as four arrays, so every batch size is the same SQL: prepared
+/// once per connection and planned once. A multi-row `VALUES` is new SQL for each size, parsed
+/// and planned anew, and with sizes from 1 to `batch_size` the connection's statement cache
+/// cannot hold them all. SQLite has no arrays and keeps the multi-row form.
+pub fn insert_statement(backend: DbBackend, orders: &[&NewOrder]) -> Statement {
+    if backend == DbBackend::Postgres {
+        return Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO orders (id, name, phone, created_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+            [
+                column(orders, |order| order.id),
+                column(orders, |order| order.name.as_ref().to_owned()),
+                column(orders, |order| order.phone.as_ref().to_owned()),
+                column(orders, |order| order.created_at),
+            ],
+        );
+    }
+    let mut insert =
+        orders::Entity::insert_many(orders.iter().map(|&order| orders::ActiveModel::from(order)))
+            .on_conflict(
+                OnConflict::column(orders::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .into_query();
+    insert.returning_col(orders::Column::Id);
+    backend.build(&insert)
+}
+
+/// One column of the batch as a PostgreSQL array parameter.
+fn column<T>(orders: &[&NewOrder], field: impl Fn(&NewOrder) -> T) -> Value
+where
+    Vec<T>: Into<Value>,
+{
+    orders
+        .iter()
+        .map(|&order| field(order))
+        .collect::<Vec<T>>()
+        .into()
 }
 
 /// Handles one batch end to end. Never fails: every message leaves with a confirmation and an

@@ -37,6 +37,23 @@ async fn a_batch_commits_once_and_reports_what_was_new(backend: Backend) {
 
     let stored = count_orders(&connection).await;
     assert_eq!(stored, 51, "{backend:?}: one row per order");
+
+    // Each column lands where it belongs, the name's Cyrillic intact, the time to the microsecond.
+    use sea_orm::EntityTrait;
+    for sent in [&batch[0], &batch[49], &fresh] {
+        let row = finalprice_db::entity::orders::Entity::find_by_id(sent.id)
+            .one(&connection)
+            .await
+            .expect("read back")
+            .expect("the row");
+        assert_eq!(row.name, sent.name.as_ref(), "{backend:?}");
+        assert_eq!(row.phone, sent.phone.as_ref(), "{backend:?}");
+        assert_eq!(
+            row.created_at.timestamp_micros(),
+            sent.created_at.timestamp_micros(),
+            "{backend:?}"
+        );
+    }
 }
 
 #[tokio::test]
