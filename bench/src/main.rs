@@ -4,9 +4,11 @@
 //! and draws the run as an SVG.
 //!
 //! Usage: `finalprice-load [--url http://127.0.0.1:8080] [--connections 256] [--seconds 30 |
-//! --requests N] [--hold SECONDS] [--form] [--report target/load-report.svg]`; `--hold` keeps
-//! every connection open and idle until the last is done and then that long, to measure the
-//! front holding them; `DATABASE_URL` names the database to check (unset: no check).
+//! --requests N] [--hold SECONDS] [--form] [--worker-metrics HOST:PORT]
+//! [--report target/load-report.svg]`; `--hold` keeps every connection open and idle until the
+//! last is done and then that long, to measure the front holding them; `--worker-metrics` adds
+//! that worker's memory and CPU to the report; `DATABASE_URL` names the database to check
+//! (unset: no check).
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -16,10 +18,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use finalprice_bench::client::connect;
-use finalprice_bench::probe::{Probe, sample_every};
+use finalprice_bench::probe::{Probe, ProcessSample, sample_every};
 use finalprice_bench::report::{
-    FrontUse, Held, Outcome, Run, check_database, latency_histogram, render_svg, render_text,
+    Held, Outcome, ProcessUse, Run, check_database, latency_histogram, render_svg, render_text,
 };
+use finalprice_shared::metrics::own_cpu_seconds;
 use hdrhistogram::Histogram;
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
@@ -35,6 +38,8 @@ struct Args {
     requests: Option<u64>,
     hold: Option<u64>,
     form: bool,
+    /// A worker's `/metrics` address (host:port).
+    worker_metrics: Option<String>,
     report: String,
 }
 
@@ -46,6 +51,7 @@ fn parse_args() -> anyhow::Result<Args> {
         requests: None,
         hold: None,
         form: false,
+        worker_metrics: None,
         report: "target/load-report.svg".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -58,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--requests" => args.requests = Some(value()?.parse()?),
             "--hold" => args.hold = Some(value()?.parse()?),
             "--form" => args.form = true,
+            "--worker-metrics" => args.worker_metrics = Some(value()?),
             "--report" => args.report = value()?,
             other => bail!("unknown flag {other}"),
         }
@@ -102,6 +109,17 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(250),
         Arc::clone(&samples),
     ));
+    let mut worker_probe = (args.worker_metrics.as_deref()).map(|at| Probe::new(at, started));
+    let worker_at_start = sample_if_any(worker_probe.as_mut()).await;
+    let worker_samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let worker_sampler = args.worker_metrics.as_deref().map(|address| {
+        tokio::spawn(sample_every(
+            Probe::new(address, started),
+            Duration::from_millis(250),
+            Arc::clone(&worker_samples),
+        ))
+    });
+    let generator_at_start = own_cpu_seconds();
 
     // A lane that is done keeps its socket until every lane is, so the front is measured
     // holding all the connections at once, and the hold starts only then.
@@ -123,6 +141,11 @@ async fn main() -> anyhow::Result<()> {
     let mut run = Run::new(args.connections, args.form);
     run.elapsed = started.elapsed();
     let at_load_end = probe.sample().await;
+    let generator_at_load_end = own_cpu_seconds();
+    let worker_at_load_end = sample_if_any(worker_probe.as_mut()).await;
+    if let Some(sampler) = worker_sampler {
+        sampler.abort();
+    }
     let held_from = started.elapsed();
     if let Some(hold) = args.hold {
         tokio::time::sleep(Duration::from_secs(hold)).await;
@@ -155,6 +178,12 @@ async fn main() -> anyhow::Result<()> {
     let mut samples = std::mem::take(&mut *samples.lock().expect("not poisoned"));
     samples.extend([at_start, at_load_end, at_hold_end].into_iter().flatten());
     samples.sort_by_key(|sample| sample.at);
+    run.front = ProcessUse::over_load(at_start, at_load_end, &samples);
+    let worker_samples = std::mem::take(&mut *worker_samples.lock().expect("not poisoned"));
+    run.worker = ProcessUse::over_load(worker_at_start, worker_at_load_end, &worker_samples);
+    run.generator_cpu_seconds = generator_at_start
+        .zip(generator_at_load_end)
+        .map(|(start, end)| end - start);
     let peak = |from: Duration, to: Duration| {
         samples
             .iter()
@@ -162,13 +191,6 @@ async fn main() -> anyhow::Result<()> {
             .map(|sample| sample.resident_bytes)
             .max()
     };
-    if let (Some(start), Some(end)) = (at_start, at_load_end) {
-        run.front = Some(FrontUse {
-            start,
-            end,
-            peak_resident_bytes: peak(start.at, end.at).unwrap_or(end.resident_bytes),
-        });
-    }
     if let Some(seconds) = args.hold {
         run.held = Some(Held {
             seconds,
@@ -193,6 +215,10 @@ async fn main() -> anyhow::Result<()> {
     write!(out, "{}", render_text(&run))?;
     writeln!(out, "report: {}", args.report)?;
     Ok(())
+}
+
+async fn sample_if_any(probe: Option<&mut Probe>) -> Option<ProcessSample> {
+    probe?.sample().await
 }
 
 /// One keep-alive connection posting orders back to back until the run ends; what it saw, and

@@ -1,5 +1,6 @@
-//! Reads the front's own memory and CPU from its `/metrics` (`process_resident_memory_bytes`,
-//! `process_cpu_seconds_total`) during a load run, over a connection of its own.
+//! Reads a service's own memory and CPU from its `/metrics` (`process_resident_memory_bytes`,
+//! `process_cpu_seconds_total`) during a load run, over a connection of its own: the front's
+//! always, a worker's when its metrics address is given.
 
 use std::time::{Duration, Instant};
 
@@ -11,16 +12,16 @@ use hyper::client::conn::http1::SendRequest;
 
 use crate::client::connect;
 
-/// The front's process at one moment of the run.
+/// A service's process at one moment of the run.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FrontSample {
+pub struct ProcessSample {
     /// Since the run started.
     pub at: Duration,
     pub resident_bytes: u64,
     pub cpu_seconds: f64,
 }
 
-/// A keep-alive connection to the front for `GET /metrics`.
+/// A keep-alive connection to a service for `GET /metrics`.
 #[derive(Debug)]
 pub struct Probe {
     authority: String,
@@ -37,9 +38,9 @@ impl Probe {
         }
     }
 
-    /// One sample, or `None` when the front cannot be asked or does not report its process
+    /// One sample, or `None` when the service cannot be asked or does not report its process
     /// (then the run is reported without it).
-    pub async fn sample(&mut self) -> Option<FrontSample> {
+    pub async fn sample(&mut self) -> Option<ProcessSample> {
         // Bounded: a front at its connection cap leaves a new connection waiting in the backlog,
         // and the run must not wait on its own measurement.
         let text = match tokio::time::timeout(Duration::from_secs(2), self.metrics()).await {
@@ -50,7 +51,7 @@ impl Probe {
                 return None;
             }
         };
-        Some(FrontSample {
+        Some(ProcessSample {
             at: self.started.elapsed(),
             resident_bytes: sample_value(&text, "process_resident_memory_bytes")? as u64,
             cpu_seconds: sample_value(&text, "process_cpu_seconds_total")?,
@@ -77,7 +78,7 @@ impl Probe {
 pub async fn sample_every(
     mut probe: Probe,
     every: Duration,
-    into: std::sync::Arc<std::sync::Mutex<Vec<FrontSample>>>,
+    into: std::sync::Arc<std::sync::Mutex<Vec<ProcessSample>>>,
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

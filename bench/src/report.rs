@@ -1,13 +1,13 @@
 //! What a load run found, as text for the terminal and as an SVG picture: latency histogram,
-//! confirmed orders per second and the front's RSS over time; the front's memory and CPU, and
-//! connections held.
+//! confirmed orders per second and the front's RSS over time; the memory and CPU of the front,
+//! the worker and the load generator itself, and connections held.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::probe::FrontSample;
+use crate::probe::ProcessSample;
 use finalprice_db::entity::orders;
 use hdrhistogram::Histogram;
 use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect};
@@ -53,18 +53,22 @@ pub struct Run {
     pub errors: BTreeMap<String, u64>,
     pub database: Option<DatabaseCheck>,
     /// The front's process over the load (unset when its `/metrics` does not report it).
-    pub front: Option<FrontUse>,
+    pub front: Option<ProcessUse>,
+    /// A worker's process over the load (`--worker-metrics`).
+    pub worker: Option<ProcessUse>,
+    /// This load generator's own CPU seconds over the load: it shares the machine.
+    pub generator_cpu_seconds: Option<f64>,
     /// The idle hold after the load (`--hold`).
     pub held: Option<Held>,
     /// The front's process every 250 ms, load and hold, for the picture.
-    pub front_samples: Vec<FrontSample>,
+    pub front_samples: Vec<ProcessSample>,
 }
 
-/// The front's process from before the first order to the end of the load.
+/// A service's process from before the first order to the end of the load.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FrontUse {
-    pub start: FrontSample,
-    pub end: FrontSample,
+pub struct ProcessUse {
+    pub start: ProcessSample,
+    pub end: ProcessSample,
     /// Of every sample in between (taken every 250 ms).
     pub peak_resident_bytes: u64,
 }
@@ -87,6 +91,29 @@ pub struct Held {
     pub front_end_resident_bytes: Option<u64>,
 }
 
+impl ProcessUse {
+    /// From the samples at the start and end of the load (both needed) and those taken between.
+    pub fn over_load(
+        start: Option<ProcessSample>,
+        end: Option<ProcessSample>,
+        between: &[ProcessSample],
+    ) -> Option<Self> {
+        let (start, end) = (start?, end?);
+        let peak_resident_bytes = between
+            .iter()
+            .chain([&start, &end])
+            .filter(|sample| (start.at..=end.at).contains(&sample.at))
+            .map(|sample| sample.resident_bytes)
+            .max()
+            .unwrap_or(end.resident_bytes);
+        Some(Self {
+            start,
+            end,
+            peak_resident_bytes,
+        })
+    }
+}
+
 impl Run {
     pub fn new(connections: usize, form: bool) -> Self {
         Self {
@@ -99,6 +126,8 @@ impl Run {
             errors: BTreeMap::new(),
             database: None,
             front: None,
+            worker: None,
+            generator_cpu_seconds: None,
             held: None,
             front_samples: Vec::new(),
         }
@@ -225,27 +254,22 @@ pub fn render_text(run: &Run) -> String {
         run.latency.max() as f64 / 1000.0
     );
     match &run.front {
-        Some(front) => {
-            let cpu = front.end.cpu_seconds - front.start.cpu_seconds;
-            let _ = write!(
-                out,
-                "front: RSS {:.1} MiB at the start, {:.1} MiB at the peak, {:.1} MiB at the end",
-                mib(front.start.resident_bytes),
-                mib(front.peak_resident_bytes),
-                mib(front.end.resident_bytes),
-            );
-            if confirmed > 0 {
-                let _ = write!(
-                    out,
-                    "; CPU {:.1} ms per 1,000 confirmed orders",
-                    cpu * 1e6 / confirmed as f64
-                );
-            }
-            let _ = writeln!(out);
-        }
+        Some(front) => process_line(&mut out, "front", front, confirmed),
         None => {
             let _ = writeln!(out, "front: memory and CPU not reported by its /metrics");
         }
+    }
+    if let Some(worker) = &run.worker {
+        process_line(&mut out, "worker", worker, confirmed);
+    }
+    if let Some(cpu) = run.generator_cpu_seconds
+        && confirmed > 0
+    {
+        let _ = writeln!(
+            out,
+            "load generator: CPU {:.1} ms per 1,000 confirmed orders (it shares the machine)",
+            ms_per_thousand(cpu, confirmed)
+        );
     }
     if let Some(held) = &run.held {
         let _ = write!(
@@ -287,6 +311,30 @@ pub fn render_text(run: &Run) -> String {
         }
     }
     out
+}
+
+/// "name: RSS … at the start, … at the peak, … at the end; CPU … ms per 1,000 confirmed orders".
+fn process_line(out: &mut String, name: &str, process: &ProcessUse, confirmed: u64) {
+    let _ = write!(
+        out,
+        "{name}: RSS {:.1} MiB at the start, {:.1} MiB at the peak, {:.1} MiB at the end",
+        mib(process.start.resident_bytes),
+        mib(process.peak_resident_bytes),
+        mib(process.end.resident_bytes),
+    );
+    if confirmed > 0 {
+        let cpu = process.end.cpu_seconds - process.start.cpu_seconds;
+        let _ = write!(
+            out,
+            "; CPU {:.1} ms per 1,000 confirmed orders",
+            ms_per_thousand(cpu, confirmed)
+        );
+    }
+    let _ = writeln!(out);
+}
+
+fn ms_per_thousand(cpu_seconds: f64, confirmed: u64) -> f64 {
+    cpu_seconds * 1e6 / confirmed as f64
 }
 
 /// Latency histogram (log scale buckets), confirmed orders per second, and (when the front
@@ -443,6 +491,23 @@ mod tests {
     use finalprice_shared::domain::PhoneNumber;
     use finalprice_shared::messages::NewOrder;
     use finalprice_testkit::{Backend, TestDb, order};
+
+    #[test]
+    fn a_process_peak_counts_only_samples_of_the_load() {
+        let sample = |ms: u64, mib: u64| ProcessSample {
+            at: Duration::from_millis(ms),
+            resident_bytes: mib << 20,
+            cpu_seconds: ms as f64 / 1000.0,
+        };
+        let between = [sample(100, 30), sample(250, 50), sample(900, 99)];
+        let load = ProcessUse::over_load(Some(sample(0, 10)), Some(sample(500, 20)), &between)
+            .expect("both ends sampled");
+        assert_eq!(load.peak_resident_bytes, 50 << 20);
+        assert_eq!(
+            ProcessUse::over_load(None, Some(sample(500, 20)), &between),
+            None
+        );
+    }
 
     #[tokio::test]
     async fn the_check_finds_missing_and_doubled_orders_of_the_run_only() {

@@ -445,7 +445,10 @@ fn docker_compose_accepts_compose_yaml() {
 #[tokio::test]
 async fn the_load_tool_reports_truthfully_on_a_small_run() {
     let stack = Stack::new().await;
-    let _worker = stack.worker().await;
+    let worker_metrics = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let _worker = stack
+        .worker_with(&[("FINALPRICE_WORKER__METRICS_ADDR", worker_metrics.clone())])
+        .await;
     let _front = stack.front().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let report = dir.path().join("load-report.svg");
@@ -461,6 +464,8 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
                 "300",
                 "--hold",
                 "1",
+                "--worker-metrics",
+                &worker_metrics,
             ])
             .args(["--report", report.to_str().expect("UTF-8 path")])
             .env("DATABASE_URL", &stack.db_url)
@@ -486,6 +491,15 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
     // The front's own figures come from its /metrics; the hold kept every connection open.
     assert!(text.contains("front: RSS "), "{text}");
     assert!(text.contains(" ms per 1,000 confirmed orders"), "{text}");
+    // So do the worker's, and the generator reports what it cost the machine itself.
+    assert!(text.contains("\nworker: RSS "), "{text}");
+    let generator_cpu = text
+        .split("load generator: CPU ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .expect("a load generator line");
+    assert!(generator_cpu > 0.0, "{text}");
     assert!(
         text.contains("held: 16 of 16 connections still open after a 1 s hold (each idle at most "),
         "{text}"

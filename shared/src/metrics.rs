@@ -50,11 +50,7 @@ impl ProcessCollector {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if let Some(bytes) = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .as_deref()
-            .and_then(resident_bytes)
-        {
+        if let Some(bytes) = own_resident_bytes() {
             let gauge = ConstGauge::new(bytes as i64);
             gauge.encode(encoder.encode_descriptor(
                 "process_resident_memory",
@@ -63,11 +59,7 @@ impl Collector for ProcessCollector {
                 gauge.metric_type(),
             )?)?;
         }
-        if let Some(seconds) = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .as_deref()
-            .and_then(cpu_seconds)
-        {
+        if let Some(seconds) = own_cpu_seconds() {
             let counter = ConstCounter::new(seconds);
             counter.encode(encoder.encode_descriptor(
                 "process_cpu",
@@ -78,6 +70,16 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
+}
+
+/// This process's resident memory in bytes (`None` where there is no `/proc`).
+pub fn own_resident_bytes() -> Option<u64> {
+    resident_bytes(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// This process's user and system CPU time so far, in seconds (`None` where there is no `/proc`).
+pub fn own_cpu_seconds() -> Option<f64> {
+    cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
 /// The value of the unlabelled sample `name` in an OpenMetrics text (as [`encode`] writes it):
