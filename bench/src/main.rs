@@ -20,7 +20,8 @@ use bytes::Bytes;
 use finalprice_bench::client::connect;
 use finalprice_bench::probe::{Probe, ProcessSample, sample_every};
 use finalprice_bench::report::{
-    Held, Outcome, ProcessUse, Run, check_database, latency_histogram, render_svg, render_text,
+    Held, Outcome, ProcessUse, Run, check_database, latency_histogram, peak_resident_bytes,
+    render_svg, render_text,
 };
 use finalprice_shared::metrics::own_cpu_seconds;
 use hdrhistogram::Histogram;
@@ -187,13 +188,6 @@ async fn main() -> anyhow::Result<()> {
     run.generator_cpu_seconds = generator_at_start
         .zip(generator_at_load_end)
         .map(|(start, end)| end - start);
-    let peak = |from: Duration, to: Duration| {
-        samples
-            .iter()
-            .filter(|sample| (from..=to).contains(&sample.at))
-            .map(|sample| sample.resident_bytes)
-            .max()
-    };
     if let Some(seconds) = args.hold {
         run.held = Some(Held {
             seconds,
@@ -201,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
             open: open_after_hold,
             idle_shortest: idle_shortest.min(idle_longest),
             idle_longest,
-            front_peak_resident_bytes: peak(held_from, Duration::MAX),
+            front_peak_resident_bytes: peak_resident_bytes(&samples, held_from..=Duration::MAX),
             front_end_resident_bytes: at_hold_end.map(|sample| sample.resident_bytes),
         });
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
 use crate::probe::ProcessSample;
@@ -99,19 +99,27 @@ impl ProcessUse {
         between: &[ProcessSample],
     ) -> Option<Self> {
         let (start, end) = (start?, end?);
-        let peak_resident_bytes = between
-            .iter()
-            .chain([&start, &end])
-            .filter(|sample| (start.at..=end.at).contains(&sample.at))
-            .map(|sample| sample.resident_bytes)
-            .max()
-            .unwrap_or(end.resident_bytes);
+        let peak_resident_bytes =
+            peak_resident_bytes(between.iter().chain([&start, &end]), start.at..=end.at)
+                .unwrap_or(end.resident_bytes);
         Some(Self {
             start,
             end,
             peak_resident_bytes,
         })
     }
+}
+
+/// The highest resident memory among `samples` taken `within` that span of the run.
+pub fn peak_resident_bytes<'a>(
+    samples: impl IntoIterator<Item = &'a ProcessSample>,
+    within: RangeInclusive<Duration>,
+) -> Option<u64> {
+    samples
+        .into_iter()
+        .filter(|sample| within.contains(&sample.at))
+        .map(|sample| sample.resident_bytes)
+        .max()
 }
 
 impl Run {

@@ -442,6 +442,11 @@ fn docker_compose_accepts_compose_yaml() {
     );
 }
 
+/// The number that follows the first `label` in the load tool's report.
+fn number_after<T: std::str::FromStr>(text: &str, label: &str) -> Option<T> {
+    text.split(label).nth(1)?.split(' ').next()?.parse().ok()
+}
+
 #[tokio::test]
 async fn the_load_tool_reports_truthfully_on_a_small_run() {
     let stack = Stack::new().await;
@@ -493,12 +498,8 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
     assert!(text.contains(" ms per 1,000 confirmed orders"), "{text}");
     // So do the worker's, and the generator reports what it cost the machine itself.
     assert!(text.contains("\nworker: RSS "), "{text}");
-    let generator_cpu = text
-        .split("load generator: CPU ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|ms| ms.parse::<f64>().ok())
-        .expect("a load generator line");
+    let generator_cpu: f64 =
+        number_after(&text, "load generator: CPU ").expect("a load generator line");
     // CPU time counts in 10 ms ticks: a run this small may honestly read 0.
     assert!(generator_cpu >= 0.0, "{text}");
     assert!(
@@ -509,12 +510,7 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
         text.contains("MiB at the peak since the load ended"),
         "{text}"
     );
-    let confirmed_rows = text
-        .split("database: ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .expect("a database line");
+    let confirmed_rows: u64 = number_after(&text, "database: ").expect("a database line");
     assert!(confirmed_rows > 0, "{text}");
     let svg = std::fs::read_to_string(&report).expect("the picture was written");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
