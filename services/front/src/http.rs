@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Full;
+use serde::Serialize;
 
 /// Every response body of the front is built in memory: pages are a few KB.
 pub type Body = Full<Bytes>;
@@ -13,9 +14,17 @@ pub fn html(status: StatusCode, page: String) -> Response<Body> {
     with_type(status, "text/html; charset=utf-8", page.into())
 }
 
-/// A JSON document.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    with_type(status, "application/json", value.to_string().into())
+/// A JSON document. Generic, so that a typed answer on the hot path is written straight into
+/// the body without first being built as a `serde_json::Value` (a map and a string per field).
+pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => with_type(status, "application/json", body.into()),
+        // Only a map with non-string keys fails to serialize; the front sends none.
+        Err(error) => {
+            tracing::error!(%error, "a JSON answer failed to serialize");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
 }
 
 /// Plain text, for probes and plain errors.

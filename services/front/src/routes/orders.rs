@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -40,6 +41,27 @@ enum CreateError {
     Busy,
     #[error(transparent)]
     Submit(#[from] SubmitError),
+}
+
+/// What a JSON client is told about one order, by `POST /orders` and `GET /orders/{id}`.
+#[derive(Debug, Serialize)]
+struct OrderAnswer {
+    /// `null` only for an id that is not a UUID.
+    id: Option<Uuid>,
+    status: &'static str,
+}
+
+impl OrderAnswer {
+    const ACCEPTED: &'static str = "accepted";
+    const PENDING: &'static str = "pending";
+    const UNKNOWN: &'static str = "unknown";
+
+    fn new(id: Uuid, status: &'static str) -> Self {
+        Self {
+            id: Some(id),
+            status,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,11 +166,11 @@ fn created(id: Uuid, outcome: Submitted, json: bool, choice: Choice) -> Response
     match (json, outcome) {
         (true, Submitted::Accepted) => resp::json(
             StatusCode::CREATED,
-            &json!({ "id": id, "status": "accepted" }),
+            &OrderAnswer::new(id, OrderAnswer::ACCEPTED),
         ),
         (true, Submitted::Pending) => resp::json(
             StatusCode::ACCEPTED,
-            &json!({ "id": id, "status": "pending" }),
+            &OrderAnswer::new(id, OrderAnswer::PENDING),
         ),
         // Both outcomes land on the order's page, which tells which (and refreshes if pending).
         (false, _) => resp::see_other(&format!("/orders/{id}{}", choice.query())),
@@ -287,8 +309,12 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
         Ok(reply) => {
             let accepted = reply.state == OrderState::Accepted;
             if json {
-                let status = if accepted { "accepted" } else { "pending" };
-                return resp::json(StatusCode::OK, &json!({ "id": id, "status": status }));
+                let status = if accepted {
+                    OrderAnswer::ACCEPTED
+                } else {
+                    OrderAnswer::PENDING
+                };
+                return resp::json(StatusCode::OK, &OrderAnswer::new(id, status));
             }
             let t = state.locales.get(choice.lang);
             let number = pages::order_number(&id);
@@ -389,7 +415,10 @@ fn not_found(
     if json {
         return resp::json(
             StatusCode::NOT_FOUND,
-            &json!({ "id": id, "status": "unknown" }),
+            &OrderAnswer {
+                id,
+                status: OrderAnswer::UNKNOWN,
+            },
         );
     }
     let t = state.locales.get(choice.lang);

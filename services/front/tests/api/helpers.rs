@@ -157,6 +157,19 @@ impl TestApp {
             .expect("POST /orders answered")
     }
 
+    /// An API client's GET: status and JSON body.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .expect("GET answered");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))

@@ -54,7 +54,7 @@ async fn a_confirmed_order_is_a_row_when_the_answer_arrives_sqlite() {
 }
 
 #[tokio::test]
-async fn a_json_client_gets_201_with_the_committed_id() {
+async fn a_json_client_gets_201_with_the_committed_id_and_can_ask_after_it() {
     let app = spawn_app(Backend::Postgres).await;
 
     let response = app
@@ -66,6 +66,17 @@ async fn a_json_client_gets_201_with_the_committed_id() {
     assert_eq!(body["status"], "accepted");
     let id = Uuid::parse_str(body["id"].as_str().expect("an id")).expect("a UUID");
     assert!(app.row(id).await.is_some(), "201 means committed");
+
+    let (status, answer) = app.get_json(&format!("/orders/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer, json!({ "id": id, "status": "accepted" }));
+    let unknown = Uuid::now_v7();
+    let (status, answer) = app.get_json(&format!("/orders/{unknown}")).await;
+    assert_eq!(status, 404);
+    assert_eq!(answer, json!({ "id": unknown, "status": "unknown" }));
+    let (status, answer) = app.get_json("/orders/not-a-uuid").await;
+    assert_eq!(status, 404);
+    assert_eq!(answer, json!({ "id": null, "status": "unknown" }));
     app.stop().await;
 }
 
