@@ -50,9 +50,18 @@ impl Inbox {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         self.lock().insert(token, sender);
+        // Written directly, not with `format!`: one per order on the front's hot path.
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(token);
+        let mut subject = String::with_capacity(self.prefix.len() + 1 + digits.len());
+        subject.push_str(&self.prefix);
+        subject.push('.');
+        let token_at = subject.len();
+        subject.push_str(digits);
         Waiter {
-            subject: format!("{}.{token}", self.prefix),
+            subject,
             token,
+            token_at,
             receiver,
             inbox: Arc::clone(self),
         }
@@ -115,6 +124,8 @@ fn hand_out(inbox: &Inbox, message: &Message) {
 pub struct Waiter {
     subject: String,
     token: u64,
+    /// Where the token's digits start in `subject`.
+    token_at: usize,
     receiver: oneshot::Receiver<Reply>,
     inbox: Arc<Inbox>,
 }
@@ -128,6 +139,11 @@ impl Waiter {
     /// The number that ends [`Waiter::subject`], by which gathered confirmations name it.
     pub fn token(&self) -> u64 {
         self.token
+    }
+
+    /// [`Waiter::token`] in decimal, as the subject ends with it.
+    pub fn token_text(&self) -> &str {
+        &self.subject[self.token_at..]
     }
 
     /// The reply, once it arrives; `None` only if the dispatcher is gone. Cancel-safe.
@@ -186,6 +202,7 @@ mod tests {
         let inbox = inbox();
         let (mut first, mut second) = (inbox.register(), inbox.register());
         assert_eq!(first.subject(), format!("_INBOX.test.{}", first.token()));
+        assert_eq!(second.token_text(), second.token().to_string());
         let mine = accepted(first.token());
         let stray = accepted(999);
         hand_out(&inbox, &message(messages::encode(&[&mine, &stray])));

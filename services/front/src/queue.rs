@@ -119,13 +119,14 @@ impl OrderQueue {
     pub async fn submit(&self, order: &NewOrder) -> Result<Submitted, SubmitError> {
         let mut waiter = self.inbox.register();
         let mut headers = HeaderMap::new();
+        let mut id = Uuid::encode_buffer();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            order.id.to_string().as_str(),
+            &*order.id.hyphenated().encode_lower(&mut id),
         );
         headers.insert(REPLY_TO_HEADER, waiter.subject());
         // Lets the worker answer this order together with the batch's others for this front.
-        headers.insert(REPLY_TOKEN_HEADER, waiter.token().to_string().as_str());
+        headers.insert(REPLY_TOKEN_HEADER, waiter.token_text());
 
         let publish_span = tracing::info_span!(
             "orders publish",
