@@ -56,12 +56,10 @@ impl Inbox {
         let mut subject = String::with_capacity(self.prefix.len() + 1 + digits.len());
         subject.push_str(&self.prefix);
         subject.push('.');
-        let token_at = subject.len();
         subject.push_str(digits);
         Waiter {
             subject,
             token,
-            token_at,
             receiver,
             inbox: Arc::clone(self),
         }
@@ -124,8 +122,6 @@ fn hand_out(inbox: &Inbox, message: &Message) {
 pub struct Waiter {
     subject: String,
     token: u64,
-    /// Where the token's digits start in `subject`.
-    token_at: usize,
     receiver: oneshot::Receiver<Reply>,
     inbox: Arc<Inbox>,
 }
@@ -143,7 +139,8 @@ impl Waiter {
 
     /// [`Waiter::token`] in decimal, as the subject ends with it.
     pub fn token_text(&self) -> &str {
-        &self.subject[self.token_at..]
+        // The subject is `<prefix>.<token>`.
+        &self.subject[self.inbox.prefix.len() + 1..]
     }
 
     /// The reply, once it arrives; `None` only if the dispatcher is gone. Cancel-safe.
