@@ -71,7 +71,15 @@ pub struct NewOrder {
     pub name: CustomerName,
     pub phone: PhoneNumber,
     /// When the front accepted the submission; kept through redeliveries.
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+}
+
+/// The same RFC 3339 text as chrono's own `Serialize`, built as one string first. chrono's impl
+/// goes through `collect_str`, which hands serde_json each of its ~15 pieces to escape on its
+/// own: callgrind put that at ~5k of the front's ~66k instructions per order.
+fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
 /// The worker's answer on the front's inbox.
@@ -223,6 +231,27 @@ mod tests {
             order_subject(id),
             "orders.0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
         );
+    }
+
+    #[test]
+    fn an_orders_time_is_written_as_chrono_writes_it() {
+        // Workers of the previous release read this text; it must not change with how it is built.
+        let second = DateTime::parse_from_rfc3339("2026-11-27T00:00:07Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        for nanos in [0, 120_000_000, 123_456_000, 123_456_789] {
+            let at = second + chrono::Duration::nanoseconds(nanos);
+            let encoded = encode(&NewOrder {
+                created_at: at,
+                ..order()
+            });
+            let wire: serde_json::Value = serde_json::from_slice(&encoded).expect("JSON");
+            assert_eq!(
+                wire["created_at"],
+                serde_json::to_value(at).expect("chrono serializes"),
+                "{nanos} ns"
+            );
+        }
     }
 
     #[test]
