@@ -77,7 +77,7 @@ pub struct NewOrder {
 
 /// The same RFC 3339 text as chrono's own `Serialize`, built as one string first. chrono's impl
 /// goes through `collect_str`, which hands serde_json each of its ~15 pieces to escape on its
-/// own: callgrind put that at ~5k of the front's ~66k instructions per order.
+/// own; one string instead took 1.8 % off the front's instructions per order (callgrind).
 fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
