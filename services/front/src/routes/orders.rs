@@ -48,15 +48,12 @@ enum CreateError {
 struct OrderAnswer {
     /// `null` only for an id that is not a UUID.
     id: Option<Uuid>,
-    status: &'static str,
+    /// Written in the wire's words: `accepted`, `pending`, `unknown`.
+    status: OrderState,
 }
 
 impl OrderAnswer {
-    const ACCEPTED: &'static str = "accepted";
-    const PENDING: &'static str = "pending";
-    const UNKNOWN: &'static str = "unknown";
-
-    fn new(id: Uuid, status: &'static str) -> Self {
+    fn new(id: Uuid, status: OrderState) -> Self {
         Self {
             id: Some(id),
             status,
@@ -166,11 +163,11 @@ fn created(id: Uuid, outcome: Submitted, json: bool, choice: Choice) -> Response
     match (json, outcome) {
         (true, Submitted::Accepted) => resp::json(
             StatusCode::CREATED,
-            &OrderAnswer::new(id, OrderAnswer::ACCEPTED),
+            &OrderAnswer::new(id, OrderState::Accepted),
         ),
         (true, Submitted::Pending) => resp::json(
             StatusCode::ACCEPTED,
-            &OrderAnswer::new(id, OrderAnswer::PENDING),
+            &OrderAnswer::new(id, OrderState::Pending),
         ),
         // Both outcomes land on the order's page, which tells which (and refreshes if pending).
         (false, _) => resp::see_other(&format!("/orders/{id}{}", choice.query())),
@@ -309,12 +306,8 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
         Ok(reply) => {
             let accepted = reply.state == OrderState::Accepted;
             if json {
-                let status = if accepted {
-                    OrderAnswer::ACCEPTED
-                } else {
-                    OrderAnswer::PENDING
-                };
-                return resp::json(StatusCode::OK, &OrderAnswer::new(id, status));
+                // Accepted or pending: unknown was answered above.
+                return resp::json(StatusCode::OK, &OrderAnswer::new(id, reply.state));
             }
             let t = state.locales.get(choice.lang);
             let number = pages::order_number(&id);
@@ -417,7 +410,7 @@ fn not_found(
             StatusCode::NOT_FOUND,
             &OrderAnswer {
                 id,
-                status: OrderAnswer::UNKNOWN,
+                status: OrderState::Unknown,
             },
         );
     }
