@@ -140,16 +140,11 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         .await
         .expect("write");
 
-    let started = Instant::now();
+    // A guard, not a measurement: the default timeout (10 s) would not have cut it off by then.
     let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut rest)).await;
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await;
 
     assert!(read.is_ok(), "the front closed the connection");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "cut off after {:?}",
-        started.elapsed()
-    );
     assert_eq!(app.get("/healthz").await.status(), 200);
     app.stop().await;
 }
@@ -173,11 +168,13 @@ async fn a_shopper_gets_through_beside_two_thousand_idle_connections() {
 
 #[tokio::test]
 async fn past_the_connection_cap_a_new_client_waits_instead_of_being_refused() {
-    let app = spawn_app_with(Backend::Sqlite, |config| {
+    let mut app = spawn_app_with(Backend::Sqlite, |config| {
         config.http.max_connections = 20;
         config.http.header_read_timeout = Duration::from_secs(1);
     })
     .await;
+    // With a worker the order is answered as soon as it is read, not after the reply timeout.
+    app.start_worker().await;
     let address = app.address.trim_start_matches("http://").to_owned();
     let mut idle = Vec::new();
     for _ in 0..20 {
@@ -189,6 +186,21 @@ async fn past_the_connection_cap_a_new_client_waits_instead_of_being_refused() {
     let answer = app.post_form("name=Anna&phone=89991234567").await;
 
     assert_eq!(answer.status(), 303);
+    // Served only once the front had let go of an idle connection: without the cap it would
+    // be served at once, all 20 still open. The sockets are read directly and without
+    // blocking, so their timeout cannot run out while this checks.
+    let closed = idle
+        .into_iter()
+        .map(|socket| socket.into_std().expect("a plain socket"))
+        .filter(|socket| {
+            // Nonblocking: Ok is the front's goodbye (EOF or a last answer), an error is silence.
+            std::io::Read::read(&mut &*socket, &mut [0; 512]).is_ok()
+        })
+        .count();
+    assert!(
+        closed > 0,
+        "no idle connection was closed before the shopper was served"
+    );
     app.stop().await;
 }
 
@@ -219,7 +231,6 @@ async fn with_nats_authentication_the_right_credentials_work_and_wrong_ones_fail
         },
     )
     .await;
-    assert_ne!(url, wrong.nats.url());
     assert_eq!(
         wrong.get("/readyz").await.status(),
         503,
