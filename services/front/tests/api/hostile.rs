@@ -1,7 +1,7 @@
 //! Every request the front can receive, however broken or hostile, gets a deliberate answer:
 //! raw bytes over TCP (no client library to tidy them up), slow clients, idle connections.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use finalprice_testkit::Backend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -219,7 +219,6 @@ async fn with_nats_authentication_the_right_credentials_work_and_wrong_ones_fail
         app.post_form("name=Anna&phone=89991234567").await.status(),
         303
     );
-    let url = app.nats.url();
     app.stop().await;
 
     let wrong = spawn_app_on(
