@@ -193,10 +193,26 @@ pub enum OrderState {
     Unknown,
 }
 
-/// A message that could not be decoded; says what, never the payload.
+/// A message that could not be decoded; says what, never the payload. serde's own text for a
+/// value of the wrong type or content quotes the value (`invalid type: integer `79991234567``),
+/// and this text goes to logs, to dead-letter headers and back to the front, so for those only
+/// the position is given; a syntax error's text quotes nothing and is kept.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed message: {0}")]
+#[error("malformed message: {}", describe(.0))]
 pub struct DecodeError(#[from] serde_json::Error);
+
+fn describe(error: &serde_json::Error) -> String {
+    match error.classify() {
+        serde_json::error::Category::Data => format!(
+            "a field is missing, unknown or of the wrong type or value at line {} column {}",
+            error.line(),
+            error.column()
+        ),
+        serde_json::error::Category::Io
+        | serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof => error.to_string(),
+    }
+}
 
 /// JSON on the wire: small, debuggable with `nats sub`, and fast enough at our rates.
 pub fn encode<T: Serialize>(message: &T) -> Bytes {
@@ -214,6 +230,27 @@ pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, DecodeErro
 mod tests {
     use super::*;
     use crate::domain::Country;
+
+    #[test]
+    fn a_decode_error_never_quotes_the_payload() {
+        let id = Uuid::now_v7();
+        for payload in [
+            format!(r#"{{"id":"{id}","name":"Анна","phone":79991234567}}"#),
+            format!(r#"{{"id":"{id}","name":"Анна","phone":"+79991234567","created_at":"Анна"}}"#),
+            r#"{"id":"79991234567"}"#.to_owned(),
+            r#"["Анна","+79991234567"]"#.to_owned(),
+        ] {
+            let error = decode::<NewOrder>(payload.as_bytes()).expect_err("not an order");
+            let text = error.to_string();
+            assert!(
+                !text.contains("9991234567") && !text.contains("Анна"),
+                "{text}"
+            );
+            assert!(text.contains("line 1 column"), "{text}");
+        }
+        let syntax = decode::<NewOrder>(b"{\"id\": ").expect_err("cut short");
+        assert!(syntax.to_string().contains("EOF"), "{syntax}");
+    }
 
     fn order() -> NewOrder {
         NewOrder {

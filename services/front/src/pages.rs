@@ -47,7 +47,7 @@ pub enum Focus {
 }
 
 /// The order form, fresh or returned with the shopper's input and what to fix.
-#[derive(Debug, Template)]
+#[derive(Template)]
 #[template(path = "form.html")]
 pub struct FormPage<'a> {
     pub frame: Frame<'a>,
@@ -60,6 +60,19 @@ pub struct FormPage<'a> {
     /// Why the form came back when it was not (only) the fields' fault: busy, not saved.
     pub notice: Option<String>,
     pub focus: Focus,
+}
+
+/// Everything but what the shopper typed: a page may end up in a log.
+impl std::fmt::Debug for FormPage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FormPage")
+            .field("key", &self.key)
+            .field("name_error", &self.name_error)
+            .field("phone_error", &self.phone_error)
+            .field("notice", &self.notice)
+            .field("focus", &self.focus)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A page with a heading and a message: an order's state, or why there is nothing to show.
@@ -117,4 +130,35 @@ pub fn render(page: &impl Template) -> String {
 pub fn order_number(id: &uuid::Uuid) -> String {
     let simple = id.simple().to_string();
     simple[simple.len() - 8..].to_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::i18n::Lang;
+
+    #[test]
+    fn a_form_pages_debug_output_shows_nothing_the_shopper_typed() {
+        let locales = Locales::load().expect("locales");
+        let choice = Choice {
+            lang: Lang::Ru,
+            pinned: false,
+        };
+        let page = FormPage {
+            frame: Frame::new(&locales, choice, "/"),
+            key: "k",
+            name: "Анна",
+            phone: "89991234567",
+            name_error: None,
+            phone_error: Some("phone error".into()),
+            notice: None,
+            focus: Focus::Phone,
+        };
+        let shown = format!("{page:?}");
+        assert!(
+            !shown.contains("Анна") && !shown.contains("9991234567"),
+            "{shown}"
+        );
+        assert!(shown.contains("phone error"), "{shown}");
+    }
 }

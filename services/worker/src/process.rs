@@ -59,11 +59,20 @@ pub enum RejectReason {
 
 /// A delivery whose payload decoded into a valid order, with the span that continues the
 /// order's trace in this worker.
-#[derive(Debug)]
 struct Delivery {
     order: NewOrder,
     message: jetstream::Message,
     span: tracing::Span,
+}
+
+/// The order only (its own `Debug` hides name and phone): the message's would print the
+/// payload, phone number and all.
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("order", &self.order)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Inserts the orders in one statement (so one transaction); an order already present is
