@@ -11,7 +11,7 @@ export DATABASE_URL := env_var_or_default("DATABASE_URL", "sqlite://.run/finalpr
 
 # List the recipes
 default:
-    @just --list
+    @{{quote(just_executable())}} --justfile {{quote(justfile())}} --list
 
 # Build, start nats-server, migrate, run one worker and one front (SQLite unless DATABASE_URL); Ctrl-C stops all
 up: build
