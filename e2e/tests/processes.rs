@@ -161,7 +161,7 @@ async fn a_worker_killed_in_the_middle_of_a_batch_loses_nothing() {
     };
     let (tally, ()) = tokio::join!(load, crash);
 
-    assert_eq!(tally.accepted.len() + tally.pending.len(), 400, "{tally:?}");
+    assert_eq!(tally.acknowledged().count(), 400, "{tally:?}");
     stack.assert_guarantees(&tally).await;
     // The kill landed while the doomed worker held orders: the survivor got them again.
     let metrics = stack
@@ -185,11 +185,7 @@ async fn orders_wait_in_the_queue_while_every_worker_is_gone_and_are_committed_w
     let mut worker = stack.worker().await;
     let _front = stack.front().await;
     let before = stack.burst(50, 16, 9_500_000_000).await;
-    assert_eq!(
-        before.accepted.len() + before.pending.len(),
-        50,
-        "{before:?}"
-    );
+    assert_eq!(before.acknowledged().count(), 50, "{before:?}");
     worker.kill();
 
     let during = stack.burst(100, 16, 9_510_000_000).await;
@@ -223,7 +219,7 @@ async fn sigterm_to_a_front_finishes_what_it_holds_and_refuses_the_rest() {
     let (held, (late, exit)) = tokio::join!(in_flight, stop);
 
     assert_eq!(
-        held.accepted.len() + held.pending.len(),
+        held.acknowledged().count(),
         64,
         "every request in flight got its answer: {held:?}"
     );
@@ -253,7 +249,7 @@ async fn sigterm_to_a_worker_finishes_commits_confirms_and_acks_its_batches() {
 
     let exit = exit.expect("the worker exits by itself");
     assert!(exit.success(), "clean exit: {exit:?}\n{}", worker.log());
-    assert_eq!(tally.accepted.len() + tally.pending.len(), 300, "{tally:?}");
+    assert_eq!(tally.acknowledged().count(), 300, "{tally:?}");
     // Graceful means nothing left half-done: no delivery of the stopped worker awaits an ack.
     let client = async_nats::connect(stack.nats.url()).await.expect("nats");
     let js = async_nats::jetstream::new(client);
