@@ -340,17 +340,8 @@ impl Stack {
         format!("{}{path}", self.address)
     }
 
-    async fn rows(&self) -> i64 {
-        let row = self
-            .db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                "SELECT count(*) AS n FROM orders",
-            ))
-            .await
-            .expect("count")
-            .expect("a row");
-        row.try_get("", "n").expect("n")
+    async fn rows(&self) -> u64 {
+        finalprice_testkit::load::row_count(&self.db).await
     }
 
     /// Whether the order whose page is at `url` is a row.

@@ -5,9 +5,13 @@
 
 use std::time::Duration;
 
+use finalprice_shared::metrics::sample_value;
 use finalprice_testkit::load::{self, Tally, Target};
 use finalprice_testkit::{Backend, NatsServer, Service, TestDb, free_port};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
+    TransactionTrait,
+};
 
 mod otlp;
 
@@ -136,6 +140,98 @@ impl Stack {
             .expect("trigger");
     }
 
+    /// Closes a gate every batch's INSERT waits at until the returned transaction ends: a
+    /// worker is then certainly inside a batch, for as long as the test wants.
+    async fn gate_commits(&self) -> DatabaseTransaction {
+        self.rows
+            .execute_unprepared(
+                "CREATE FUNCTION gated_insert() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_advisory_xact_lock_shared(7001); RETURN NULL; END $$; \
+                 CREATE TRIGGER gated_insert BEFORE INSERT ON orders \
+                 FOR EACH STATEMENT EXECUTE FUNCTION gated_insert();",
+            )
+            .await
+            .expect("trigger");
+        let gate = self.rows.begin().await.expect("a transaction");
+        gate.execute_unprepared("SELECT pg_advisory_xact_lock(7001)")
+            .await
+            .expect("the gate's lock");
+        gate
+    }
+
+    /// Database sessions waiting at the gate of [`Stack::gate_commits`].
+    async fn at_the_gate(&self) -> u64 {
+        let row = self
+            .rows
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'advisory'",
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .expect("a row");
+        let waiting: i64 = row.try_get("", "n").expect("a count");
+        waiting.unsigned_abs()
+    }
+
+    /// Ends the statements waiting at the gate. A killed worker's statement would otherwise
+    /// still run to its commit once the gate opens; ended, its orders survive only by their
+    /// redelivery, which is what the test is about.
+    async fn abort_at_the_gate(&self) {
+        self.rows
+            .execute_unprepared(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE wait_event = 'advisory'",
+            )
+            .await
+            .expect("pg_terminate_backend");
+    }
+
+    /// A worker's `/metrics` text, from the address it was started with.
+    async fn metrics(&self, address: &str) -> String {
+        self.http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("a worker's /metrics")
+            .text()
+            .await
+            .expect("a metrics text")
+    }
+
+    async fn row_count(&self) -> u64 {
+        load::row_count(&self.rows).await
+    }
+
+    /// Orders the ORDERS stream has taken so far (its last sequence number).
+    async fn published(&self) -> u64 {
+        let client = async_nats::connect(self.nats.url()).await.expect("nats");
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream("ORDERS")
+            .await
+            .expect("stream exists");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence
+    }
+
+    /// Polls `check` until it holds; panics naming `what` after 20 s. For a scenario's next
+    /// step that must wait on a state, not on a guessed time.
+    async fn wait_until<Fut: Future<Output = bool>>(&self, what: &str, check: impl Fn() -> Fut) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The three numbers of §2, asserted zero.
     async fn assert_guarantees(&self, tally: &Tally) {
         load::assert_guarantees(&self.rows, tally, Duration::from_secs(30)).await;
@@ -145,37 +241,37 @@ impl Stack {
 #[tokio::test]
 async fn a_worker_killed_in_the_middle_of_a_batch_loses_nothing() {
     let stack = Stack::new().await;
-    // Slow enough that the 400 orders take seconds, so the kill at 0.8 s lands among them.
-    stack.slow_commits_by("0.3").await;
+    // The doomed worker runs alone and its first batch waits at the gate: killed there, it
+    // certainly dies holding orders. Then the gate opens and a second worker takes over.
+    let gate = stack.gate_commits().await;
     let mut doomed = stack.worker().await;
-    let survivor_metrics = format!("127.0.0.1:{}", free_port().expect("a free port"));
-    let _survivor = stack
-        .worker_with(&[("FINALPRICE_WORKER__METRICS_ADDR", survivor_metrics.clone())])
-        .await;
     let _front = stack.front().await;
 
+    let survivor_metrics = format!("127.0.0.1:{}", free_port().expect("a free port"));
     let load = stack.burst(400, 64, 9_400_000_000);
-    let crash = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+    let crash_and_take_over = async {
+        let inside_a_batch = || async { stack.at_the_gate().await > 0 };
+        stack
+            .wait_until(
+                "the doomed worker's batch reached its INSERT",
+                inside_a_batch,
+            )
+            .await;
         doomed.kill();
+        stack.abort_at_the_gate().await;
+        gate.commit().await.expect("the gate opens");
+        stack
+            .worker_with(&[("FINALPRICE_WORKER__METRICS_ADDR", survivor_metrics.clone())])
+            .await
     };
-    let (tally, ()) = tokio::join!(load, crash);
+    let (tally, _survivor) = tokio::join!(load, crash_and_take_over);
 
     assert_eq!(tally.acknowledged().count(), 400, "{tally:?}");
     stack.assert_guarantees(&tally).await;
     // The kill landed while the doomed worker held orders: the survivor got them again.
-    let metrics = stack
-        .http
-        .get(format!("http://{survivor_metrics}/metrics"))
-        .send()
-        .await
-        .expect("the survivor's /metrics")
-        .text()
-        .await
-        .expect("a metrics text");
-    let redelivered =
-        finalprice_shared::metrics::sample_value(&metrics, "finalprice_worker_redeliveries_total")
-            .expect("a redeliveries counter");
+    let metrics = stack.metrics(&survivor_metrics).await;
+    let redelivered = sample_value(&metrics, "finalprice_worker_redeliveries_total")
+        .expect("a redeliveries counter");
     assert!(redelivered > 0.0, "nothing was redelivered:\n{metrics}");
 }
 
@@ -210,9 +306,19 @@ async fn sigterm_to_a_front_finishes_what_it_holds_and_refuses_the_rest() {
 
     let in_flight = stack.burst(64, 64, 9_600_000_000);
     let stop = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let all_published = || async { stack.published().await == 64 };
+        stack
+            .wait_until("all 64 orders published", all_published)
+            .await;
         front.terminate().expect("SIGTERM");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Logged once the listening socket is closed.
+        front
+            .wait_for_log(
+                "stopping: finishing requests in flight",
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("the front stops accepting");
         let late = stack.burst(1, 1, 9_610_000_000).await;
         (late, front.wait_exit(Duration::from_secs(20)).await)
     };
@@ -241,7 +347,10 @@ async fn sigterm_to_a_worker_finishes_commits_confirms_and_acks_its_batches() {
 
     let load = stack.burst(300, 64, 9_700_000_000);
     let stop = async {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let under_way = || async { stack.row_count().await > 0 };
+        stack
+            .wait_until("the first batch committed", under_way)
+            .await;
         worker.terminate().expect("SIGTERM");
         worker.wait_exit(Duration::from_secs(30)).await
     };

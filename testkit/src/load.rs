@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use finalprice_db::entity::orders;
 use futures_util::StreamExt;
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use uuid::Uuid;
 
 /// Where a burst goes, and where its answers are checked.
@@ -139,6 +139,14 @@ pub async fn acknowledged_not_committed(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     missing
+}
+
+/// Rows in the orders table.
+pub async fn row_count(rows: &DatabaseConnection) -> u64 {
+    orders::Entity::find()
+        .count(rows)
+        .await
+        .expect("the orders table can be read")
 }
 
 /// Rows whose phone appears more than once: each test order has its own phone, so any is one

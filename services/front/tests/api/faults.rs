@@ -233,7 +233,10 @@ async fn past_the_in_flight_bound_the_answer_is_a_fast_503() {
         answers
     };
     let extra = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let both_held = eventually(Duration::from_secs(10), || async {
+            app.queued().await == 2
+        });
+        assert!(both_held.await, "the two held orders reached the queue");
         let answer = app.post_form("name=Anna&phone=89990000009").await;
         (answer, held_answered.load(Ordering::SeqCst))
     };

@@ -11,7 +11,7 @@ use finalprice_shared::messages::order_subject;
 use finalprice_testkit::load::{self, Tally, Target};
 use finalprice_testkit::{Backend, NatsServer, TestDb};
 use finalprice_worker::{Application as Worker, WorkerStats};
-use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -212,10 +212,7 @@ impl TestApp {
     }
 
     pub async fn row_count(&self) -> u64 {
-        orders::Entity::find()
-            .count(&self.rows)
-            .await
-            .expect("database read")
+        load::row_count(&self.rows).await
     }
 
     /// The headers of order `id`'s message while it waits in the ORDERS stream.

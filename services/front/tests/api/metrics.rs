@@ -2,7 +2,7 @@
 
 use finalprice_testkit::Backend;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{eventually, spawn_app};
 
 /// The value of the sample named `name` whose labels contain every one of `labels`.
 fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -124,15 +124,16 @@ async fn kept_alive_connections_between_requests_are_counted_as_idle() {
         assert!(healthz_on(&mut socket).await);
         kept.push(socket);
     }
-    tokio::time::sleep(finalprice_front::connection::PARK_AFTER * 3).await;
-
+    // Parking happens PARK_AFTER after the last request; wait for it instead of guessing.
+    let parked = eventually(finalprice_front::connection::PARK_AFTER * 50, || async {
+        let front = app.get("/metrics").await.text().await.expect("text");
+        sample(&front, "finalprice_front_idle_connections ", &[]) >= 3.0
+    });
+    let parked = parked.await;
     let front = app.get("/metrics").await.text().await.expect("text");
+    assert!(parked, "the three served connections are parked: {front}");
     let open = sample(&front, "finalprice_front_connections ", &[]);
     let idle = sample(&front, "finalprice_front_idle_connections ", &[]);
-    assert!(
-        idle >= 3.0,
-        "the three served connections are parked: {front}"
-    );
     assert!(
         open > idle,
         "the one asking for /metrics is not idle: {front}"

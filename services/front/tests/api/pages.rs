@@ -8,7 +8,7 @@ use finalprice_testkit::Backend;
 use futures_util::future::join_all;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, order_id_from_location, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, eventually, order_id_from_location, spawn_app, spawn_app_with};
 
 /// Russian (no header), English by the browser, English picked against a Russian browser.
 const ENGLISH_BROWSER: &str = "en-GB,en;q=0.9,ru;q=0.5";
@@ -303,7 +303,10 @@ async fn busy_answers_say_when_to_come_back_and_keep_the_input() {
     // No worker: the one slot is held by an order waiting for its confirmation.
     let held = post(&app, "name=Anna&phone=89990000001", None);
     let busy = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let slot_taken = eventually(Duration::from_secs(10), || async {
+            app.queued().await == 1
+        });
+        assert!(slot_taken.await, "the held order reached the queue");
         join_all([
             post(&app, "name=%3Cb%3EMary&phone=89990000002&lang=en", None),
             post(&app, "name=Мария&phone=89990000003", None),
