@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use finalprice_shared::config::{Config, NatsConfig};
 use finalprice_shared::{nats, presence};
-use futures_util::FutureExt as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioTimer;
@@ -183,7 +182,7 @@ impl Application {
         // Connections the kernel already completed are clients that sent their request: serve
         // them rather than reset them when the socket closes.
         while let Ok(permit) = Arc::clone(&connections).try_acquire_owned()
-            && let Some(Ok((socket, peer))) = listener.accept().now_or_never()
+            && let Some((socket, peer)) = accept_waiting(&listener)
         {
             serve(socket, peer, permit);
         }
@@ -205,6 +204,15 @@ impl Application {
         tracing::info!("front stopped");
         Ok(())
     }
+}
+
+/// A connection the kernel has completed, taken by an `accept` of our own: tokio's `accept`
+/// answers from the readiness it has seen, which can lag behind the backlog.
+fn accept_waiting(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    let (socket, peer) = socket2::SockRef::from(listener).accept().ok()?;
+    socket.set_nonblocking(true).ok()?;
+    let stream = TcpStream::from_std(socket.into()).ok()?;
+    Some((stream, peer.as_socket()?))
 }
 
 /// A listener several processes can share (SO_REUSEPORT): fronts scale on one host and one port.
