@@ -60,8 +60,10 @@ impl ClientLimiter {
             .as_ref()
             .and_then(|name| headers.get(name))
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next())
-            .and_then(|first| first.trim().parse().ok())
+            // The last address is the one our proxy added; any before it came from the client,
+            // who could otherwise pick a fresh bucket for every order.
+            .and_then(|value| value.rsplit(',').next())
+            .and_then(|nearest| nearest.trim().parse().ok())
             .unwrap_or(peer)
     }
 }
