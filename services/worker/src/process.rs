@@ -351,6 +351,15 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
         if name == REPLY_TO_HEADER || name == REPLY_TOKEN_HEADER {
             continue; // nobody will wait on a replayed dead letter
         }
+        // JetStream's own headers steer the publish they came on (`Nats-Expected-Stream`,
+        // `Nats-Rollup`, `Nats-TTL`, …); carried over, one could make this publish fail on
+        // every try.
+        if name
+            .get(..5)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("nats-"))
+        {
+            continue;
+        }
         for value in values {
             headers.append(name, value.as_str());
         }
@@ -360,7 +369,14 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
         async_nats::header::NATS_MESSAGE_ID,
         format!("dead-letter-{sequence}").as_str(),
     );
-    headers.insert(DEAD_LETTER_REASON_HEADER, reason.to_string().as_str());
+    // On one line: a database's message can hold line breaks, which a header value cannot
+    // (async-nats panics on one).
+    let reason_line: String = reason
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    headers.insert(DEAD_LETTER_REASON_HEADER, reason_line.as_str());
     headers.insert(
         DEAD_LETTER_DELIVERIES_HEADER,
         delivered.to_string().as_str(),

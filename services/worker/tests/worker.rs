@@ -219,6 +219,8 @@ async fn an_order_that_can_never_be_written_is_rejected_and_leaves_the_queue() {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string().as_str());
     headers.insert(REPLY_TO_HEADER, inbox.as_str());
+    // Right for this publish, wrong for the dead letter's: it must not be carried over.
+    headers.insert("Nats-Expected-Stream", "ORDERS");
     // A name the front would refuse: the worker must not trust the queue.
     let payload = format!(
         r#"{{"id":"{id}","name":"<script>","phone":"+79991234567","created_at":"2026-11-27T00:00:00Z"}}"#
