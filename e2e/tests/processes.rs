@@ -276,6 +276,63 @@ async fn a_worker_killed_in_the_middle_of_a_batch_loses_nothing() {
 }
 
 #[tokio::test]
+async fn a_message_that_breaks_the_nats_client_makes_the_service_exit_for_a_restart() {
+    let stack = Stack::new().await;
+    let mut worker = stack.worker().await;
+    let mut front = stack.front().await;
+
+    // async-nats 0.51 panics in its connection task on a header value with a lone CR
+    // (nats-io/nats.rs#1612); nats-server passes it on as sent. Both services hear pings.
+    publish_raw(
+        &stack.nats.url(),
+        finalprice_shared::messages::PING_SUBJECT,
+        "NATS/1.0\r\nX: a\rb\r\n\r\n",
+    )
+    .await;
+
+    for (service, name) in [(&mut worker, "worker"), (&mut front, "front")] {
+        let exit = service
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|error| panic!("the {name} exits by itself: {error}"));
+        assert!(!exit.success(), "the {name} exits as failed: {exit:?}");
+        assert!(
+            service.log().contains("NATS client stopped working"),
+            "the {name} says why:\n{}",
+            service.log()
+        );
+    }
+}
+
+/// Publishes `headers` (a complete NATS header block) on `subject` over a bare socket: no
+/// client library would send what the tests need to send.
+async fn publish_raw(url: &str, subject: &str, headers: &str) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+
+    let address = url.trim_start_matches("nats://");
+    let socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to nats-server");
+    let mut socket = BufReader::new(socket);
+    let mut line = String::new();
+    socket.read_line(&mut line).await.expect("INFO");
+    assert!(line.starts_with("INFO"), "{line}");
+    let length = headers.len();
+    let commands = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\n\
+         HPUB {subject} {length} {length}\r\n{headers}\r\nPING\r\n"
+    );
+    socket
+        .get_mut()
+        .write_all(commands.as_bytes())
+        .await
+        .expect("publish");
+    line.clear();
+    socket.read_line(&mut line).await.expect("PONG");
+    assert_eq!(line, "PONG\r\n", "nats-server took the message");
+}
+
+#[tokio::test]
 async fn orders_wait_in_the_queue_while_every_worker_is_gone_and_are_committed_when_one_returns() {
     let stack = Stack::new().await;
     let mut worker = stack.worker().await;

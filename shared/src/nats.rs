@@ -15,6 +15,58 @@ pub const WORKERS_CONSUMER_JSON: &str = include_str!("../../nats/consumer-worker
 /// `nats/stream-orders-dlq.json`: orders that can never be written.
 pub const DEAD_LETTER_STREAM_JSON: &str = include_str!("../../nats/stream-orders-dlq.json");
 
+/// How often [`run_while_client_lives`] checks the client: a check is one PING.
+const CLIENT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs `service`, stopping it through `stop` (as SIGTERM would) if the client's connection
+/// task ends; then fails, so the process exits non-zero and its supervisor restarts it.
+///
+/// async-nats 0.51 lets that task end: it panics on some malformed messages (a header value
+/// with a lone CR, nats-io/nats.rs#1612), which the server forwards as any client sent them.
+/// After that every command of the client fails and it never reconnects, while its
+/// connection state still says "connected". Only a new process gets a working client.
+pub async fn run_while_client_lives(
+    client: Client,
+    stop: tokio_util::sync::CancellationToken,
+    service: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let watch = async {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return false,
+                () = tokio::time::sleep(CLIENT_CHECK_EVERY) => {}
+            }
+            // A disconnected client's flush waits or fails otherwise; only a command channel
+            // with no task at its end fails to send.
+            let flushed = tokio::select! {
+                () = stop.cancelled() => return false,
+                flushed = client.flush() => flushed,
+            };
+            if let Err(error) = flushed
+                && error.kind() == async_nats::client::FlushErrorKind::SendError
+            {
+                tracing::error!("the NATS client's connection task has ended; stopping");
+                stop.cancel();
+                return true;
+            }
+        }
+    };
+    let service = async {
+        let result = service.await;
+        stop.cancel();
+        result
+    };
+    let (result, client_died) = tokio::join!(service, watch);
+    result?;
+    if client_died {
+        anyhow::bail!(
+            "the NATS client stopped working (its connection task ended, likely on a malformed \
+             message); exiting so that this process is restarted"
+        );
+    }
+    Ok(())
+}
+
 /// Why the NATS side could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use finalprice_front::Application;
 use finalprice_shared::config::Config;
-use finalprice_shared::{service, shutdown};
+use finalprice_shared::{nats, service, shutdown};
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc instead of glibc's malloc: malloc and free were ~15% of the front's CPU under load,
@@ -21,5 +21,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let app = Application::build(&config).await?;
     let token = CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(token.clone()));
-    app.run_until_stopped(token).await
+    let client = app.nats_client().clone();
+    nats::run_while_client_lives(client, token.clone(), app.run_until_stopped(token)).await
 }

@@ -37,6 +37,11 @@ pub struct Application {
 }
 
 impl Application {
+    /// The NATS client every part of the front shares.
+    pub fn nats_client(&self) -> &async_nats::Client {
+        self.state.queue.client()
+    }
+
     /// Connects to NATS (in the background if it is down: the front then answers 503), makes
     /// sure the order stream exists, starts the reply inbox, and binds the listen address last,
     /// so a socket sharing the port (SO_REUSEPORT) never receives connections it cannot serve.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use finalprice_shared::config::Config;
-use finalprice_shared::{service, shutdown};
+use finalprice_shared::{nats, service, shutdown};
 use finalprice_worker::{Application, dead_letters, export, report};
 use sea_orm_migration::MigratorTrait as _;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,10 @@ async fn run(config: &Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     let token = CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(token.clone()));
-    app.run_until_stopped(token).await
+    let client = app.nats_client().clone();
+    // Boxed: the worker's future is large, and this one holds it.
+    let worker = Box::pin(app.run_until_stopped(token.clone()));
+    nats::run_while_client_lives(client, token, worker).await
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

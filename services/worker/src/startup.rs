@@ -46,6 +46,11 @@ pub struct Application {
 }
 
 impl Application {
+    /// The NATS client every part of the worker shares.
+    pub fn nats_client(&self) -> &Client {
+        &self.client
+    }
+
     /// Opens the database pool, connects to NATS and makes sure the stream and the shared
     /// consumer exist as `nats/` defines them. Fails fast when either side is unreachable.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
