@@ -153,6 +153,9 @@ pub struct HttpConfig {
     pub max_in_flight: usize,
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long an answer may wait for the client to take more of it.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
     /// Orders per second per client; 0 = no limit.
@@ -303,6 +306,9 @@ impl Config {
         }
         if self.http.header_read_timeout.is_zero() {
             return Err(invalid("http.header_read_timeout", "must be above 0"));
+        }
+        if self.http.write_timeout.is_zero() {
+            return Err(invalid("http.write_timeout", "must be above 0"));
         }
         if self.http.retry_after.as_secs() == 0 {
             return Err(invalid(

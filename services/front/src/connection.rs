@@ -49,6 +49,9 @@ pub struct Activity {
     /// Set by a read that found the socket empty while hyper could only be waiting for a
     /// head; cleared by a write or a read that got bytes.
     idle: AtomicBool,
+    /// Set while hyper's last write found the socket full (the client is not taking its
+    /// answer); cleared by a write that got through.
+    write_stalled: AtomicBool,
 }
 
 impl Activity {
@@ -66,6 +69,10 @@ impl Activity {
 
     fn is_idle(&self) -> bool {
         self.idle.load(Ordering::Relaxed)
+    }
+
+    fn is_write_stalled(&self) -> bool {
+        self.write_stalled.load(Ordering::Relaxed)
     }
 }
 
@@ -118,7 +125,9 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.wrote();
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.write_stalled(written.is_pending());
+        written
     }
 
     fn poll_write_vectored(
@@ -128,7 +137,9 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.wrote();
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.write_stalled(written.is_pending());
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -155,6 +166,22 @@ impl Socket {
         self.unflushed = true;
         self.activity.idle.store(false, Ordering::Relaxed);
     }
+
+    fn write_stalled(&self, stalled: bool) {
+        self.activity
+            .write_stalled
+            .store(stalled, Ordering::Relaxed);
+    }
+}
+
+/// How long a connection may wait on its client.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For a request head, from when the connection began to wait for one (hyper's
+    /// `header_read_timeout`, kept across parking).
+    pub head: Duration,
+    /// For the client to take more of its answer; hyper has no such bound of its own.
+    pub write: Duration,
 }
 
 /// How long hyper keeps an idle connection before it is parked. Parking right away would
@@ -170,7 +197,8 @@ enum Served {
     Ended(hyper::Result<()>),
     /// hyper waits for the next head and holds nothing else: take it apart.
     Idle,
-    /// No head within the header read timeout since the connection began to wait for one.
+    /// No head within the header read timeout since the connection began to wait for one,
+    /// or an answer the client took nothing of within the write timeout.
     TimedOut,
 }
 
@@ -190,7 +218,7 @@ pub async fn serve<S, B>(
     service: S,
     activity: Arc<Activity>,
     builder: &http1::Builder,
-    header_read_timeout: Duration,
+    timeouts: Timeouts,
     shutdown: &CancellationToken,
     metrics: &FrontMetrics,
 ) where
@@ -205,8 +233,9 @@ pub async fn serve<S, B>(
     let mut replay = Bytes::new();
     // hyper's header timer starts when it begins waiting for a head; so does this one, and it
     // stays in force across parking until a head is parsed.
-    let mut head_due = pin!(tokio::time::sleep(header_read_timeout));
+    let mut head_due = pin!(tokio::time::sleep(timeouts.head));
     let mut park_due = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut write_due = pin!(tokio::time::sleep(Duration::ZERO));
     loop {
         let woken = {
             let _idle = metrics.connection_parked();
@@ -242,6 +271,7 @@ pub async fn serve<S, B>(
         let mut draining = false;
         // When hyper began to wait for a head, and how many heads it had parsed then.
         let mut idle_since: Option<(Instant, u32)> = None;
+        let mut write_stalled = false;
         let served = poll_fn(|cx| {
             // hyper first, so a head that is already there is read before a shutdown is
             // passed on (hyper closes a connection that has read nothing yet at once).
@@ -263,6 +293,19 @@ pub async fn serve<S, B>(
             let heads_now = activity.heads();
             if heads_now == heads && head_due.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Served::TimedOut);
+            }
+            // Each stall gets the whole write timeout: a client that reads slowly but reads
+            // is served.
+            if activity.is_write_stalled() {
+                if !write_stalled {
+                    write_stalled = true;
+                    write_due.as_mut().reset(Instant::now() + timeouts.write);
+                }
+                if write_due.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Served::TimedOut);
+                }
+            } else {
+                write_stalled = false;
             }
             if draining || !activity.is_idle() {
                 idle_since = None;
@@ -297,7 +340,7 @@ pub async fn serve<S, B>(
                 // hyper's timer for the next head started when it began to wait for it.
                 if activity.heads() != heads {
                     let waiting_since = idle_since.map_or_else(Instant::now, |(since, _)| since);
-                    head_due.as_mut().reset(waiting_since + header_read_timeout);
+                    head_due.as_mut().reset(waiting_since + timeouts.head);
                 }
             }
             Served::Ended(Ok(())) | Served::TimedOut => return,
@@ -343,18 +386,21 @@ mod tests {
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
-    use super::{Activity, serve};
+    use super::{Activity, Timeouts, serve};
     use crate::metrics::FrontMetrics;
 
     struct Server {
         addr: SocketAddr,
         listener: Option<TcpListener>,
         builder: Arc<http1::Builder>,
-        header_read_timeout: Duration,
+        timeouts: Timeouts,
         metrics: Arc<FrontMetrics>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     }
+
+    /// Short, so a test of it is quick; long enough for every client here that does read.
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
     /// 4 MiB: more than loopback's socket buffers hold, so hyper still has bytes of the
     /// answer when it is done with the request.
@@ -386,6 +432,7 @@ mod tests {
     async fn start(header_read_timeout: Duration) -> Server {
         let mut server = start_without_accepting(header_read_timeout).await;
         let listener = server.listener.take().expect("listener");
+        let timeouts = server.timeouts;
         let (builder, metrics, shutdown, tasks) = (
             Arc::clone(&server.builder),
             Arc::clone(&server.metrics),
@@ -394,14 +441,7 @@ mod tests {
         );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                spawn_serve(
-                    stream,
-                    &builder,
-                    header_read_timeout,
-                    &shutdown,
-                    &metrics,
-                    &tasks,
-                );
+                spawn_serve(stream, &builder, timeouts, &shutdown, &metrics, &tasks);
             }
         });
         server
@@ -419,7 +459,10 @@ mod tests {
             addr: listener.local_addr().expect("addr"),
             listener: Some(listener),
             builder: Arc::new(builder),
-            header_read_timeout,
+            timeouts: Timeouts {
+                head: header_read_timeout,
+                write: WRITE_TIMEOUT,
+            },
             metrics: Arc::new(FrontMetrics::default()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -430,7 +473,7 @@ mod tests {
     fn spawn_serve(
         stream: TcpStream,
         builder: &Arc<http1::Builder>,
-        header_read_timeout: Duration,
+        timeouts: Timeouts,
         shutdown: &CancellationToken,
         metrics: &Arc<FrontMetrics>,
         tasks: &TaskTracker,
@@ -451,13 +494,7 @@ mod tests {
             (Arc::clone(builder), Arc::clone(metrics), shutdown.clone());
         tasks.spawn(async move {
             serve(
-                stream,
-                service,
-                activity,
-                &builder,
-                header_read_timeout,
-                &shutdown,
-                &metrics,
+                stream, service, activity, &builder, timeouts, &shutdown, &metrics,
             )
             .await;
         });
@@ -470,7 +507,7 @@ mod tests {
             spawn_serve(
                 stream,
                 &self.builder,
-                self.header_read_timeout,
+                self.timeouts,
                 &self.shutdown,
                 &self.metrics,
                 &self.tasks,
@@ -766,6 +803,22 @@ mod tests {
                 server.stopped().await;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_taking_its_answer_is_dropped_after_the_write_timeout() {
+        let server = start(Duration::from_secs(10)).await;
+        let mut client = server.connect().await;
+        // More than the socket buffers hold, and never read.
+        client.send(&get("/big")).await;
+        assert_eq!(server.gauge_becomes("connections", 1).await, 1);
+        assert_eq!(
+            server.gauge_becomes("connections", 0).await,
+            0,
+            "the connection is closed"
+        );
+        server.shutdown.cancel();
+        server.stopped().await;
     }
 
     #[tokio::test]

@@ -159,7 +159,10 @@ impl Application {
                     service,
                     activity,
                     &builder,
-                    state.http.header_read_timeout,
+                    connection::Timeouts {
+                        head: state.http.header_read_timeout,
+                        write: state.http.write_timeout,
+                    },
                     &shutdown,
                     &state.metrics,
                 )
