@@ -1,7 +1,7 @@
 //! DESIGN.md §2 with the real processes, and their telemetry over the network: a worker SIGKILLed in the middle of a batch, every
-//! worker gone and back, SIGTERM to a front and to a worker under load. Each scenario ends on
-//! the three numbers that must be zero: accepted but not a row at that moment, acknowledged
-//! but never a row, orders stored twice.
+//! worker gone and back, SIGTERM to a front and to a worker under load, a NATS message that
+//! breaks the services' client. Each scenario ends on the three numbers that must be zero:
+//! accepted but not a row at that moment, acknowledged but never a row, orders stored twice.
 
 use std::time::Duration;
 
@@ -165,7 +165,8 @@ impl Stack {
             .rows
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
-                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'advisory'",
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE wait_event = 'advisory' AND datname = current_database()",
             ))
             .await
             .expect("pg_stat_activity")
@@ -181,7 +182,7 @@ impl Stack {
         self.rows
             .execute_unprepared(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE wait_event = 'advisory'",
+                 WHERE wait_event = 'advisory' AND datname = current_database()",
             )
             .await
             .expect("pg_terminate_backend");

@@ -15,6 +15,10 @@
 //! pipelined head cut short, a slow client) come back from `into_parts` and are replayed to
 //! the next hyper connection. The header read timeout runs from when the connection went idle
 //! until a head is parsed, across any parking, as hyper's own timer would.
+//!
+//! The loop also bounds what hyper does not: an answer the client stops taking (the write
+//! timeout), and a request that reached the socket just as the stop came, which tokio may not
+//! have reported yet; hyper would close on it unanswered, so the loop reads it itself.
 
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
