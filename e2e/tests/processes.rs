@@ -1,6 +1,6 @@
 //! DESIGN.md §2 with the real processes, and their telemetry over the network: a worker SIGKILLed in the middle of a batch, every
-//! worker gone and back, SIGTERM to a front and to a worker under load, a NATS message that
-//! breaks the services' client. Each scenario ends on the three numbers that must be zero:
+//! worker gone and back, SIGTERM to a front and to a worker under load, two of each side by
+//! side, a NATS message that breaks the services' client. Each scenario ends on the three numbers that must be zero:
 //! accepted but not a row at that moment, acknowledged but never a row, orders stored twice.
 
 use std::time::Duration;
@@ -274,6 +274,36 @@ async fn a_worker_killed_in_the_middle_of_a_batch_loses_nothing() {
     let redelivered = sample_value(&metrics, "finalprice_worker_redeliveries_total")
         .expect("a redeliveries counter");
     assert!(redelivered > 0.0, "nothing was redelivered:\n{metrics}");
+}
+
+#[tokio::test]
+async fn two_fronts_and_two_workers_with_the_same_settings_share_the_work() {
+    let stack = Stack::new().await;
+    let workers = [stack.worker().await, stack.worker().await];
+    // The second front binds the same port (SO_REUSEPORT); it would exit if it could not.
+    let _fronts = [stack.front().await, stack.front().await];
+
+    let tally = stack.burst(400, 64, 9_450_000_000).await;
+
+    assert_eq!(tally.acknowledged().count(), 400, "{tally:?}");
+    stack.assert_guarantees(&tally).await;
+    let status = stack.admin(&["status"]);
+    assert!(status.contains("2 front(s), 2 worker(s)"), "{status}");
+    for worker in &workers {
+        let log = worker.log();
+        let address = log
+            .lines()
+            .find(|line| line.contains("worker metrics on /metrics"))
+            .and_then(|line| line.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("a worker names its metrics address:\n{log}"));
+        let metrics = stack.metrics(address).await;
+        let batches = sample_value(&metrics, "finalprice_worker_batches_committed_total");
+        assert!(
+            batches.is_some_and(|batches| batches > 0.0),
+            "each worker committed some of the orders:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 pub mod nats;
 
+use std::io::IsTerminal as _;
 use std::sync::Once;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -108,6 +109,8 @@ pub fn init(service_name: &'static str, log: &LogConfig) -> Result<TelemetryGuar
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
             .with_writer(std::io::stderr)
+            // Colour codes only for a person at a terminal, not in log files and collectors.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_filter(level_filter().and(events_only))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
