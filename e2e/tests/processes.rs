@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use finalprice_shared::metrics::sample_value;
 use finalprice_testkit::load::{self, Tally, Target};
-use finalprice_testkit::{Backend, NatsServer, Service, TestDb, free_port};
+use finalprice_testkit::{Backend, NatsServer, Service, TestDb, eventually, free_port};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
     TransactionTrait,
 };
 
 mod otlp;
+
+/// How long a scenario waits for the state its next step needs.
+const WAIT: Duration = Duration::from_secs(20);
 
 /// nats-server, a PostgreSQL database, and the settings the processes share.
 struct Stack {
@@ -220,19 +223,6 @@ impl Stack {
             .last_sequence
     }
 
-    /// Polls `check` until it holds; panics naming `what` after 20 s. For a scenario's next
-    /// step that must wait on a state, not on a guessed time.
-    async fn wait_until<Fut: Future<Output = bool>>(&self, what: &str, check: impl Fn() -> Fut) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !check().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never happened: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
     /// The three numbers of §2, asserted zero.
     async fn assert_guarantees(&self, tally: &Tally) {
         load::assert_guarantees(&self.rows, tally, Duration::from_secs(30)).await;
@@ -251,13 +241,11 @@ async fn a_worker_killed_in_the_middle_of_a_batch_loses_nothing() {
     let survivor_metrics = format!("127.0.0.1:{}", free_port().expect("a free port"));
     let load = stack.burst(400, 64, 9_400_000_000);
     let crash_and_take_over = async {
-        let inside_a_batch = || async { stack.at_the_gate().await > 0 };
-        stack
-            .wait_until(
-                "the doomed worker's batch reached its INSERT",
-                inside_a_batch,
-            )
-            .await;
+        let inside_a_batch = eventually(WAIT, || async { stack.at_the_gate().await > 0 });
+        assert!(
+            inside_a_batch.await,
+            "the doomed worker's batch reached its INSERT"
+        );
         doomed.kill();
         stack.abort_at_the_gate().await;
         gate.commit().await.expect("the gate opens");
@@ -394,10 +382,8 @@ async fn sigterm_to_a_front_finishes_what_it_holds_and_refuses_the_rest() {
 
     let in_flight = stack.burst(64, 64, 9_600_000_000);
     let stop = async {
-        let all_published = || async { stack.published().await == 64 };
-        stack
-            .wait_until("all 64 orders published", all_published)
-            .await;
+        let all_published = eventually(WAIT, || async { stack.published().await == 64 });
+        assert!(all_published.await, "all 64 orders published");
         front.terminate().expect("SIGTERM");
         // Logged once the listening socket is closed.
         front
@@ -435,10 +421,8 @@ async fn sigterm_to_a_worker_finishes_commits_confirms_and_acks_its_batches() {
 
     let load = stack.burst(300, 64, 9_700_000_000);
     let stop = async {
-        let under_way = || async { stack.row_count().await > 0 };
-        stack
-            .wait_until("the first batch committed", under_way)
-            .await;
+        let under_way = eventually(WAIT, || async { stack.row_count().await > 0 });
+        assert!(under_way.await, "the first batch committed");
         worker.terminate().expect("SIGTERM");
         worker.wait_exit(Duration::from_secs(30)).await
     };

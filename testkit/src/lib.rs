@@ -20,6 +20,25 @@ use finalprice_shared::config::{Config, DEFAULTS_TOML};
 use finalprice_shared::domain::{Country, CustomerName, PhoneNumber};
 use finalprice_shared::messages::NewOrder;
 
+/// Polls `check` until it holds or `within` passes; for effects that are asynchronous by design,
+/// and for a scenario's next step that must wait on a state rather than on a guessed time.
+pub async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A configuration for a service under test: the given NATS and database, an ephemeral HTTP
 /// port, and timeouts short enough that a failing test fails fast.
 pub fn config(nats: &NatsServer, db: &TestDb) -> Config {

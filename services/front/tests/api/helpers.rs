@@ -8,6 +8,7 @@ use finalprice_db::entity::orders;
 use finalprice_front::Application as Front;
 use finalprice_shared::config::Config;
 use finalprice_shared::messages::order_subject;
+pub use finalprice_testkit::eventually;
 use finalprice_testkit::load::{self, Tally, Target};
 use finalprice_testkit::{Backend, NatsServer, TestDb};
 use finalprice_worker::{Application as Worker, WorkerStats};
@@ -248,22 +249,4 @@ pub fn order_id_from_location(response: &reqwest::Response) -> Uuid {
         .strip_prefix("/orders/")
         .unwrap_or_else(|| panic!("Location {location} is not an order page"));
     Uuid::parse_str(id).expect("the Location names a UUID")
-}
-
-/// Polls `check` until it holds or `within` passes; for effects that are asynchronous by design.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
