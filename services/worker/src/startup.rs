@@ -238,44 +238,105 @@ async fn watch_consumer(
 
 /// Up to `batch_size` orders: whatever is ready now; if nothing is, the first order to arrive
 /// plus whatever else arrives within `batch_linger` of it.
+///
+/// A pull that fails after orders arrived still returns those orders: they are this worker's
+/// until their `ack_wait` runs out, so dropping them would leave their shoppers waiting that long
+/// for nothing. Only a pull that brought nothing is an error.
 async fn next_batch(
     consumer: &PullConsumer,
     config: &WorkerConfig,
 ) -> Result<Vec<jetstream::Message>, async_nats::Error> {
-    let mut batch = fetch_ready(consumer, config.batch_size).await?;
+    let mut batch = Vec::new();
+    let ready = fetch_ready(consumer, config.batch_size, &mut batch).await;
     if !batch.is_empty() {
-        return Ok(batch);
+        return Ok(kept_despite(batch, ready));
     }
-    let mut waiting = consumer
-        .batch()
-        .max_messages(1)
-        .expires(IDLE_POLL)
-        .messages()
-        .await?;
-    while let Some(message) = waiting.next().await {
-        batch.push(message?);
+    ready?;
+    let waited = async {
+        let waiting = consumer
+            .batch()
+            .max_messages(1)
+            .expires(IDLE_POLL)
+            .messages()
+            .await?;
+        drain(waiting, &mut batch).await
     }
+    .await;
     if batch.is_empty() {
-        return Ok(batch);
+        return waited.map(|()| batch);
     }
     if !config.batch_linger.is_zero() {
         tokio::time::sleep(config.batch_linger).await;
     }
-    if config.batch_size > 1 {
-        batch.extend(fetch_ready(consumer, config.batch_size - 1).await?);
-    }
-    Ok(batch)
+    let more = match config.batch_size {
+        0 | 1 => Ok(()),
+        size => fetch_ready(consumer, size - 1, &mut batch).await,
+    };
+    Ok(kept_despite(batch, waited.and(more)))
 }
 
-/// The orders available right now, up to `max` (a no-wait pull: returns at once).
+/// Adds the orders available right now to `batch`, up to `max` (a no-wait pull: returns at
+/// once). On an error, what arrived before it stays in `batch`.
 async fn fetch_ready(
     consumer: &PullConsumer,
     max: usize,
-) -> Result<Vec<jetstream::Message>, async_nats::Error> {
-    let mut messages = consumer.fetch().max_messages(max).messages().await?;
-    let mut batch = Vec::new();
-    while let Some(message) = messages.next().await {
-        batch.push(message?);
+    batch: &mut Vec<jetstream::Message>,
+) -> Result<(), async_nats::Error> {
+    let messages = consumer.fetch().max_messages(max).messages().await?;
+    drain(messages, batch).await
+}
+
+/// Moves a pull's deliveries into `into` until the pull ends or fails; what arrived before a
+/// failure is kept.
+async fn drain<T, E>(
+    mut deliveries: impl futures_util::Stream<Item = Result<T, E>> + Unpin,
+    into: &mut Vec<T>,
+) -> Result<(), async_nats::Error>
+where
+    E: Into<async_nats::Error>,
+{
+    while let Some(delivery) = deliveries.next().await {
+        into.push(delivery.map_err(Into::into)?);
     }
-    Ok(batch)
+    Ok(())
+}
+
+/// The orders of a pull that may have failed after they arrived: logged, and kept.
+fn kept_despite<T>(batch: Vec<T>, pulled: Result<(), async_nats::Error>) -> Vec<T> {
+    if let Err(error) = pulled {
+        tracing::warn!(%error, orders = batch.len(), "pull failed part-way; working on what arrived");
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pull_that_fails_part_way_keeps_what_arrived() {
+        let deliveries = futures_util::stream::iter([
+            Ok(1),
+            Ok(2),
+            Err(std::io::Error::other("connection lost")),
+            Ok(3),
+        ]);
+        let mut batch = Vec::new();
+        let drained = drain(deliveries, &mut batch).await;
+        assert_eq!(batch, [1, 2]);
+        assert_eq!(
+            drained.as_ref().map_err(ToString::to_string),
+            Err("connection lost".to_owned())
+        );
+        assert_eq!(kept_despite(batch, drained), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_pull_that_ends_brings_everything() {
+        let deliveries = futures_util::stream::iter([Ok::<_, std::io::Error>(1), Ok(2)]);
+        let mut batch = vec![0];
+        let drained = drain(deliveries, &mut batch).await;
+        assert!(drained.is_ok(), "{drained:?}");
+        assert_eq!(batch, [0, 1, 2]);
+    }
 }
