@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, Subscriber};
 
 use crate::config::{NatsConfig, secret};
 
@@ -14,6 +14,22 @@ pub const ORDERS_STREAM_JSON: &str = include_str!("../../nats/stream-orders.json
 pub const WORKERS_CONSUMER_JSON: &str = include_str!("../../nats/consumer-workers.json");
 /// `nats/stream-orders-dlq.json`: orders that can never be written.
 pub const DEAD_LETTER_STREAM_JSON: &str = include_str!("../../nats/stream-orders-dlq.json");
+
+/// How long a background answer (a ping's, a status request's) or a stopping service's
+/// unsubscribe may wait to be handed to the NATS client. The client queues commands while
+/// nats-server is away, and once that queue is full (2,048) a send waits until the server is
+/// back; a stopping service must not wait with it.
+pub const HAND_OVER_WITHIN: Duration = Duration::from_secs(2);
+
+/// Unsubscribes at shutdown, giving up after [`HAND_OVER_WITHIN`]: a subscription the server
+/// was not told about ends with the connection anyway.
+pub async fn unsubscribe(subscriber: &mut Subscriber) {
+    match tokio::time::timeout(HAND_OVER_WITHIN, subscriber.unsubscribe()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "unsubscribe failed"),
+        Err(_) => tracing::debug!("unsubscribe not handed over in time; nats-server is away"),
+    }
+}
 
 /// How often [`run_while_client_lives`] checks the client: a check is one PING.
 const CLIENT_CHECK_EVERY: Duration = Duration::from_secs(1);

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::messages::{self, PING_SUBJECT, Presence};
+use crate::nats;
 
 /// This process's presence, made once at start.
 pub fn this_process(service: &str) -> Presence {
@@ -43,13 +44,16 @@ pub async fn answer_pings(
                 None => break,
             },
         };
-        if let Some(reply) = ping.reply
-            && let Err(error) = client.publish(reply, answer.clone()).await
-        {
-            tracing::debug!(%error, "ping answer not sent");
+        if let Some(reply) = ping.reply {
+            let sent = client.publish(reply, answer.clone());
+            match tokio::time::timeout(nats::HAND_OVER_WITHIN, sent).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "ping answer not sent"),
+                Err(_) => tracing::debug!("ping answer not handed over in time"),
+            }
         }
     }
-    let _ = pings.unsubscribe().await;
+    nats::unsubscribe(&mut pings).await;
 }
 
 /// Pings every front and worker and collects the answers that arrive within `window`.

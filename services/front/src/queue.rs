@@ -109,9 +109,13 @@ impl OrderQueue {
     }
 
     /// Whether the order stream answers (for `/readyz`): `get_stream` is one stream-info
-    /// round trip.
+    /// round trip, bounded with its hand-over (see [`Self::status`]).
     pub async fn stream_reachable(&self) -> bool {
-        self.js.get_stream(&self.stream_name).await.is_ok()
+        let info = self.js.get_stream(&self.stream_name);
+        matches!(
+            tokio::time::timeout(self.timeouts.publish, info).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Publishes `order` and waits up to the reply timeout for a worker's confirmation.
@@ -257,7 +261,16 @@ impl OrderQueue {
     }
 
     /// Asks the workers for the state of order `id`.
+    ///
+    /// Bounded as a whole, the request's hand-over included: while NATS is away the client
+    /// queues what it is given, and once that queue is full a send waits until NATS is back.
     pub async fn status(&self, id: Uuid) -> Result<StatusReply, StatusError> {
+        tokio::time::timeout(self.timeouts.status, self.ask_status(id))
+            .await
+            .unwrap_or(Err(StatusError::TimedOut))
+    }
+
+    async fn ask_status(&self, id: Uuid) -> Result<StatusReply, StatusError> {
         let mut waiter = self.inbox.register();
         self.client
             .publish_with_reply(
@@ -266,15 +279,13 @@ impl OrderQueue {
                 messages::encode(&StatusRequest { id }),
             )
             .await?;
-        match tokio::time::timeout(self.timeouts.status, waiter.recv()).await {
-            Ok(Some(Reply::Message(message)))
-                if message.status == Some(StatusCode::NO_RESPONDERS) =>
-            {
+        match waiter.recv().await {
+            Some(Reply::Message(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => {
                 Err(StatusError::NoWorker)
             }
-            Ok(Some(Reply::Message(message))) => Ok(messages::decode(&message.payload)?),
-            Ok(Some(Reply::Confirmation(_))) => Err(StatusError::NotAStatus),
-            Ok(None) | Err(_) => Err(StatusError::TimedOut),
+            Some(Reply::Message(message)) => Ok(messages::decode(&message.payload)?),
+            Some(Reply::Confirmation(_)) => Err(StatusError::NotAStatus),
+            None => Err(StatusError::TimedOut),
         }
     }
 
@@ -286,14 +297,16 @@ impl OrderQueue {
             Err(error @ (StatusError::NoWorker | StatusError::TimedOut)) => error,
             Err(other) => return Err(other),
         };
-        match self
-            .stream
-            .direct_get_last_for_subject(order_subject(id))
-            .await
-        {
-            Ok(message) => Ok(StatusReply::pending(id, &message.payload)),
+        // The JetStream API bounds only the wait for the answer, not the hand-over (see above).
+        let queued = tokio::time::timeout(
+            self.timeouts.status,
+            self.stream.direct_get_last_for_subject(order_subject(id)),
+        )
+        .await;
+        match queued {
+            Ok(Ok(message)) => Ok(StatusReply::pending(id, &message.payload)),
             // Not queued, and nobody to ask whether it was committed: cannot tell.
-            Err(_) => Err(error),
+            Ok(Err(_)) | Err(_) => Err(error),
         }
     }
 }

@@ -8,7 +8,9 @@ use futures_util::future::join_all;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, order_id_from_location, spawn_app, spawn_app_without_worker};
+use crate::helpers::{
+    eventually, order_id_from_location, spawn_app, spawn_app_with, spawn_app_without_worker,
+};
 
 const VALID_FORM: &str = "name=%D0%90%D0%BD%D0%BD%D0%B0+%D0%9F%D0%B5%D1%82%D1%80%D0%BE%D0%B2%D0%B0&phone=8+%28999%29+123-45-67";
 
@@ -231,6 +233,28 @@ async fn with_nats_down_the_front_answers_503_with_retry_after_and_keeps_the_inp
     assert_eq!(ready.status(), 503, "not ready without NATS");
     assert_eq!(app.get("/healthz").await.status(), 200, "still alive");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn with_nats_down_a_status_is_answered_503_even_after_the_clients_queue_filled() {
+    let mut app = spawn_app_with(Backend::Sqlite, |config| {
+        config.nats.request_timeout = Duration::from_millis(200);
+        config.http.status_timeout = Duration::from_millis(500);
+    })
+    .await;
+    app.nats.kill();
+    // Every refused order leaves its publish in the NATS client's queue (2,048 commands),
+    // which nobody drains until the server is back: past that, a send waits for it.
+    let refused = app.burst(2_300, 256, 9_100_000_000).await;
+    assert_eq!(refused.unavailable, 2_300, "{refused:?}");
+
+    // Answered, never a hang: the test client gives up (and fails the test) after 20 s.
+    let (status, body) = app.get_json(&format!("/orders/{}", Uuid::now_v7())).await;
+
+    assert_eq!(status, 503, "{body}");
+    // Nor does stopping wait for NATS: a graceful stop has nothing left to hand over.
+    let stopped = tokio::time::timeout(Duration::from_secs(20), app.stop()).await;
+    assert!(stopped.is_ok(), "the front stops while NATS is away");
 }
 
 #[tokio::test]
