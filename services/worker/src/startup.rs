@@ -229,9 +229,11 @@ async fn watch_consumer(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match consumer.info().await {
-            Ok(info) => stats.consumer_state(info.num_pending, info.num_ack_pending),
-            Err(error) => tracing::debug!(%error, "consumer info unavailable"),
+        // Bounded with its hand-over (see `nats::HAND_OVER_WITHIN`), or a stop would wait on it.
+        match tokio::time::timeout(LAG_EVERY, consumer.info()).await {
+            Ok(Ok(info)) => stats.consumer_state(info.num_pending, info.num_ack_pending),
+            Ok(Err(error)) => tracing::debug!(%error, "consumer info unavailable"),
+            Err(_) => tracing::debug!("consumer info not answered in time"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! in the stream) or unknown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::stream;
 use async_nats::{Client, Subscriber};
@@ -10,6 +11,7 @@ use finalprice_shared::domain::PhoneNumber;
 use finalprice_shared::messages::{
     self, OrderState, STATUS_QUEUE_GROUP, STATUS_SUBJECT, StatusReply, StatusRequest, order_subject,
 };
+use finalprice_shared::nats;
 use futures_util::StreamExt;
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 use tokio::sync::Semaphore;
@@ -19,6 +21,10 @@ use uuid::Uuid;
 
 /// Status lookups answered at once by one worker; more wait, which pushes back on the fronts.
 const MAX_CONCURRENT_LOOKUPS: usize = 64;
+
+/// Longest a status lookup and its answer may take: a front waits `http.status_timeout` (2 s by
+/// default), the database lookup may wait its pool's `acquire_timeout` (5 s).
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Why a status could not be determined.
 #[derive(Debug, thiserror::Error)]
@@ -67,21 +73,28 @@ pub async fn serve(
         };
         let (client, db, stream) = (client.clone(), db.clone(), stream.clone());
         tasks.spawn(async move {
-            match lookup(&db, &stream, id).await {
-                Ok(reply) => {
-                    if let Err(error) = client.publish(reply_to, messages::encode(&reply)).await {
-                        tracing::debug!(%error, order_id = %id, "status reply not sent");
+            // Bounded, so a stopping worker never waits on a nats-server that is away (see
+            // `HAND_OVER_WITHIN`); the front has long given up on an answer by then anyway.
+            let answered = tokio::time::timeout(ANSWER_WITHIN, async {
+                match lookup(&db, &stream, id).await {
+                    Ok(reply) => {
+                        if let Err(error) = client.publish(reply_to, messages::encode(&reply)).await
+                        {
+                            tracing::debug!(%error, order_id = %id, "status reply not sent");
+                        }
                     }
+                    // No answer: the front treats silence as "cannot tell now", never as
+                    // "unknown".
+                    Err(error) => tracing::warn!(%error, order_id = %id, "status lookup failed"),
                 }
-                // No answer: the front treats silence as "cannot tell now", never as "unknown".
-                Err(error) => tracing::warn!(%error, order_id = %id, "status lookup failed"),
+            });
+            if answered.await.is_err() {
+                tracing::warn!(order_id = %id, "status not answered in time");
             }
             drop(permit);
         });
     }
-    if let Err(error) = requests.unsubscribe().await {
-        tracing::debug!(%error, "status unsubscribe failed");
-    }
+    nats::unsubscribe(&mut requests).await;
     tasks.close();
     tasks.wait().await;
 }
