@@ -58,10 +58,11 @@ impl ClientLimiter {
     fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         self.client_ip_header
             .as_ref()
-            .and_then(|name| headers.get(name))
+            // The last line and its last address are what our proxy added (some proxies append
+            // a line of their own instead of extending the client's); anything before came
+            // from the client, who could otherwise pick a fresh bucket for every order.
+            .and_then(|name| headers.get_all(name).iter().next_back())
             .and_then(|value| value.to_str().ok())
-            // The last address is the one our proxy added; any before it came from the client,
-            // who could otherwise pick a fresh bucket for every order.
             .and_then(|value| value.rsplit(',').next())
             .and_then(|nearest| nearest.trim().parse().ok())
             .unwrap_or(peer)

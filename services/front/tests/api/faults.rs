@@ -300,6 +300,17 @@ async fn a_client_over_its_rate_gets_429_and_others_are_unaffected() {
     let limited = post("192.0.2.99, 203.0.113.7", "89990000003")
         .await
         .expect("answer");
+    // The same, from a proxy that adds a line of its own after the client's.
+    let second_line = app
+        .http
+        .post(app.url("/orders"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-for", "192.0.2.100")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body("name=Anna&phone=89990000005")
+        .send()
+        .await
+        .expect("answer");
     let other = post("198.51.100.1", "89990000004").await.expect("answer");
 
     assert_eq!(limited.status(), 429);
@@ -312,6 +323,7 @@ async fn a_client_over_its_rate_gets_429_and_others_are_unaffected() {
             .contains("value=\"89990000003\""),
         "input kept"
     );
+    assert_eq!(second_line.status(), 429, "the proxy's own line counts");
     assert_eq!(other.status(), 303, "another client has its own bucket");
     assert_eq!(app.row_count().await, 3, "the limited order was not taken");
     app.stop().await;
