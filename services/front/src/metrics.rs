@@ -52,6 +52,8 @@ pub enum WaitOutcome {
 /// Why a publish got no PubAck.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum PublishFailure {
+    /// Not connected to nats-server: refused before anything was handed to the client.
+    Disconnected,
     StreamNotFound,
     NoAck,
     BrokenPipe,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{Client, HeaderMap, StatusCode};
 use finalprice_shared::messages::{
@@ -45,6 +46,8 @@ pub enum SubmitError {
 /// Why a status could not be learned; "cannot tell now", never "unknown".
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
+    #[error("not connected to nats-server")]
+    Disconnected,
     #[error("no worker answers status requests")]
     NoWorker,
     #[error("no status answer in time")]
@@ -103,6 +106,10 @@ impl OrderQueue {
         })
     }
 
+    fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
     /// The NATS client, for readiness checks.
     pub fn client(&self) -> &Client {
         &self.client
@@ -121,6 +128,13 @@ impl OrderQueue {
     /// Publishes `order` and waits up to the reply timeout for a worker's confirmation.
     /// `Ok` only once the order is durable in the stream; `Accepted` only once it is committed.
     pub async fn submit(&self, order: &NewOrder) -> Result<Submitted, SubmitError> {
+        // While nats-server is away the client queues what it is given and sends it after the
+        // reconnect: an order answered 503 ("not taken, try again") would then be stored after
+        // all, and once the queue is full every send waits for the server. Refused at once.
+        if !self.connected() {
+            self.metrics.publish_failed(PublishFailure::Disconnected);
+            return Err(SubmitError::Unavailable(PublishFailure::Disconnected));
+        }
         let mut waiter = self.inbox.register();
         let mut headers = HeaderMap::new();
         let mut id = Uuid::encode_buffer();
@@ -262,9 +276,13 @@ impl OrderQueue {
 
     /// Asks the workers for the state of order `id`.
     ///
-    /// Bounded as a whole, the request's hand-over included: while NATS is away the client
-    /// queues what it is given, and once that queue is full a send waits until NATS is back.
+    /// Refused at once while the client is not connected (see [`Self::submit`]). Otherwise
+    /// bounded as a whole, the request's hand-over included: the connection can drop after
+    /// that check, and once the client's queue is full a send waits until NATS is back.
     pub async fn status(&self, id: Uuid) -> Result<StatusReply, StatusError> {
+        if !self.connected() {
+            return Err(StatusError::Disconnected);
+        }
         tokio::time::timeout(self.timeouts.status, self.ask_status(id))
             .await
             .unwrap_or(Err(StatusError::TimedOut))
