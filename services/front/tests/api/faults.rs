@@ -60,11 +60,27 @@ async fn orders_survive_database_connections_killed_again_and_again() {
 
 #[tokio::test]
 async fn orders_acknowledged_before_nats_crashed_are_committed_after_it_restarts() {
-    let mut app = spawn_app(Backend::Postgres).await;
+    // No worker yet, so the acknowledged orders are still in the stream when it crashes.
+    let mut app = spawn_app_with(Backend::Postgres, |config| {
+        config.http.reply_timeout = Duration::from_millis(100);
+    })
+    .await;
 
     let before = app.burst(100, 16, 9_200_000_000).await;
-    assert_eq!(before.acknowledged().count(), 100, "{before:?}");
+    assert_eq!(
+        before.pending.len(),
+        100,
+        "durable, not committed: {before:?}"
+    );
+    assert_eq!(app.queued().await, 100, "all of them wait in the stream");
     app.nats.kill();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.get("/readyz").await.status() == 503
+        })
+        .await,
+        "the front notices that NATS is gone"
+    );
     let during = app.burst(20, 8, 9_210_000_000).await;
     app.nats
         .restart()
@@ -77,6 +93,7 @@ async fn orders_acknowledged_before_nats_crashed_are_committed_after_it_restarts
         .await,
         "the front reconnects by itself"
     );
+    app.start_worker().await;
     let after = app.burst(100, 16, 9_220_000_000).await;
 
     assert_eq!(
@@ -87,6 +104,11 @@ async fn orders_acknowledged_before_nats_crashed_are_committed_after_it_restarts
         app.assert_guarantees(tally, Duration::from_secs(30)).await;
     }
     assert_eq!(after.acknowledged().count(), 100, "{after:?}");
+    assert_eq!(
+        app.row_count().await,
+        200,
+        "the 100 from before the crash and the 100 after; none refused while NATS was down"
+    );
     app.stop().await;
 }
 
