@@ -41,7 +41,10 @@ struct Service {
 impl Service {
     async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let stopped = self.task.await.expect("the service's task is not lost");
+        if let Err(error) = stopped {
+            panic!("the service did not stop cleanly: {error:#}");
+        }
     }
 }
 
