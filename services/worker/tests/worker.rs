@@ -314,16 +314,26 @@ async fn the_database_password_can_come_from_a_file() {
         .expect("a URL with a password");
     let (password, host_db) = rest.split_once('@').expect("user:password@host");
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("pgpassword");
-    std::fs::write(&file, format!("{password}\n")).expect("write the secret");
+    let migrate_with = |secret: &str| {
+        let file = dir.path().join("pgpassword");
+        std::fs::write(&file, format!("{secret}\n")).expect("write the secret");
+        worker_binary()
+            .arg("migrate")
+            .env("DATABASE_URL", format!("{scheme_user}@{host_db}"))
+            .env("FINALPRICE_DB__PASSWORD_FILE", &file)
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
+            .output()
+            .expect("finalprice-worker runs")
+    };
 
-    let output = worker_binary()
-        .arg("migrate")
-        .env("DATABASE_URL", format!("{scheme_user}@{host_db}"))
-        .env("FINALPRICE_DB__PASSWORD_FILE", &file)
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("finalprice-worker runs");
+    // First a wrong one, to show the server asks and the file is what answers.
+    let refused = migrate_with("not-the-password");
+    assert!(
+        !refused.status.success(),
+        "a wrong password in the file must be refused; is the test server trusting every login?"
+    );
+    let output = migrate_with(password);
     assert!(
         output.status.success(),
         "{}",
