@@ -269,7 +269,12 @@ async fn two_fronts_and_two_workers_with_the_same_settings_share_the_work() {
     let stack = Stack::new().await;
     let workers = [stack.worker().await, stack.worker().await];
     // The second front binds the same port (SO_REUSEPORT); it would exit if it could not.
-    let _fronts = [stack.front().await, stack.front().await];
+    // Each order is a new connection, which the kernel gives to either; debug logs show which.
+    let debug = [("RUST_LOG", "info,finalprice_front=debug".to_owned())];
+    let fronts = [
+        stack.front_with(&debug).await,
+        stack.front_with(&debug).await,
+    ];
 
     let tally = stack.burst(400, 64, 9_450_000_000).await;
 
@@ -277,6 +282,10 @@ async fn two_fronts_and_two_workers_with_the_same_settings_share_the_work() {
     stack.assert_guarantees(&tally).await;
     let status = stack.admin(&["status"]);
     assert!(status.contains("2 front(s), 2 worker(s)"), "{status}");
+    for front in &fronts {
+        let submitted = front.log().matches("order submitted").count();
+        assert!(submitted > 0, "each front took some of the orders");
+    }
     for worker in &workers {
         let log = worker.log();
         let address = log
@@ -442,6 +451,27 @@ async fn sigterm_to_a_worker_finishes_commits_confirms_and_acks_its_batches() {
     assert_eq!(
         info.num_ack_pending, 0,
         "the stopped worker left unacked orders"
+    );
+    // Nor a nak for what it committed, nor an ack for what it did not: the work queue holds
+    // exactly the orders without a row (a nak would keep a committed one queued).
+    let committed = stack.row_count().await;
+    let stream = js.get_stream("ORDERS").await.expect("stream");
+    let balanced = eventually(WAIT, || {
+        let mut stream = stream.clone();
+        async move {
+            let queued = stream.info().await.expect("stream info").state.messages;
+            queued + committed == 300
+        }
+    });
+    assert!(
+        balanced.await,
+        "{committed} committed, the rest not all queued"
+    );
+    // And it confirmed what it committed: no other worker ran, so each row's shopper was told.
+    assert_eq!(
+        tally.accepted.len() as u64,
+        committed,
+        "every order it committed was answered accepted"
     );
 
     let _next = stack.worker().await;
@@ -645,7 +675,12 @@ fn docker_compose_accepts_compose_yaml() {
 
 /// The number that follows the first `label` in the load tool's report.
 fn number_after<T: std::str::FromStr>(text: &str, label: &str) -> Option<T> {
-    text.split(label).nth(1)?.split(' ').next()?.parse().ok()
+    text.split(label)
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[tokio::test]
@@ -710,8 +745,19 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
         text.contains("MiB at the peak since the load ended"),
         "{text}"
     );
+    // Its counts against the database's own.
+    let confirmed: u64 = number_after(&text, "orders/s (").expect("a confirmed line");
+    let pending: u64 = number_after(&text, "pending: ").expect("a pending count");
     let confirmed_rows: u64 = number_after(&text, "database: ").expect("a database line");
-    assert!(confirmed_rows > 0, "{text}");
+    assert!(confirmed > 0, "{text}");
+    assert_eq!(confirmed + pending, 300, "every post answered: {text}");
+    assert_eq!(confirmed_rows, confirmed, "{text}");
+    let rows_now = stack.row_count().await;
+    assert!(rows_now >= confirmed, "{rows_now} rows: {text}");
+    assert!(
+        eventually(WAIT, || async { stack.row_count().await == 300 }).await,
+        "all 300 acknowledged orders are rows in the end: {text}"
+    );
     let svg = std::fs::read_to_string(&report).expect("the picture was written");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
     assert!(
