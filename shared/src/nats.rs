@@ -193,9 +193,12 @@ pub async fn connect(config: &NatsConfig, default_name: &str) -> Result<Client, 
         .max_reconnects(None)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
-        // Reconnect quickly: a restarted nats-server should be used again within a second.
+        // Reconnect quickly: a restarted nats-server should be used again within a second, and
+        // a dropped connection to a live one (a load balancer's reset) at once, since fronts
+        // hold orders back while disconnected.
         .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
+            let waits = (attempts as u64).saturating_sub(1);
+            Duration::from_millis(waits.saturating_mul(100).min(1000))
         })
         .event_callback(|event| async move {
             match event {

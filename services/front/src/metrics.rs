@@ -52,7 +52,8 @@ pub enum WaitOutcome {
 /// Why a publish got no PubAck.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum PublishFailure {
-    /// Not connected to nats-server: refused before anything was handed to the client.
+    /// Not connected to nats-server within the publish timeout: nothing was handed to the
+    /// client, so nothing goes out after the reconnect.
     Disconnected,
     StreamNotFound,
     NoAck,

@@ -19,6 +19,9 @@ use uuid::Uuid;
 use crate::inbox::{Inbox, Reply, Waiter};
 use crate::metrics::{FrontMetrics, PublishFailure, WaitOutcome};
 
+/// How often a request that waits for the NATS connection looks at it again.
+const CONNECTION_CHECK: Duration = Duration::from_millis(20);
+
 /// First pause between status polls for a duplicate submission; doubles up to a quarter second.
 const FIRST_POLL: Duration = Duration::from_millis(25);
 
@@ -110,6 +113,15 @@ impl OrderQueue {
         self.client.connection_state() == State::Connected
     }
 
+    /// Returns once the client is connected; callers bound the wait. async-nats offers no
+    /// notification of its state, so it is looked at every few milliseconds (only while the
+    /// connection is down).
+    async fn until_connected(&self) {
+        while !self.connected() {
+            tokio::time::sleep(CONNECTION_CHECK).await;
+        }
+    }
+
     /// The NATS client, for readiness checks.
     pub fn client(&self) -> &Client {
         &self.client
@@ -128,13 +140,6 @@ impl OrderQueue {
     /// Publishes `order` and waits up to the reply timeout for a worker's confirmation.
     /// `Ok` only once the order is durable in the stream; `Accepted` only once it is committed.
     pub async fn submit(&self, order: &NewOrder) -> Result<Submitted, SubmitError> {
-        // While nats-server is away the client queues what it is given and sends it after the
-        // reconnect: an order answered 503 ("not taken, try again") would then be stored after
-        // all, and once the queue is full every send waits for the server. Refused at once.
-        if !self.connected() {
-            self.metrics.publish_failed(PublishFailure::Disconnected);
-            return Err(SubmitError::Unavailable(PublishFailure::Disconnected));
-        }
         let mut waiter = self.inbox.register();
         let mut headers = HeaderMap::new();
         let mut id = Uuid::encode_buffer();
@@ -157,6 +162,14 @@ impl OrderQueue {
         let ack = async {
             telemetry::nats::inject_current(&mut headers);
             let publish = async {
+                // While nats-server is away the client queues what it is given and sends it
+                // after the reconnect: an order answered 503 ("not taken, try again") would
+                // then be stored after all, and once the queue is full every send waits for
+                // the server. So nothing is handed over until the client is connected; a
+                // reconnect within the bound costs a wait, not a refusal. (A connection lost
+                // just after this look can still carry the order out later; a retry with the
+                // same key is the same order.)
+                self.until_connected().await;
                 self.js
                     .publish_with_headers(order_subject(order.id), headers, messages::encode(order))
                     .await?
@@ -169,6 +182,7 @@ impl OrderQueue {
             let failure = match tokio::time::timeout(self.timeouts.publish, publish).await {
                 Ok(Ok(ack)) => return Ok(ack),
                 Ok(Err(error)) => publish_failure(error.kind()),
+                Err(_) if !self.connected() => PublishFailure::Disconnected,
                 Err(_) => PublishFailure::NoAck,
             };
             self.metrics.publish_failed(failure);
@@ -276,19 +290,20 @@ impl OrderQueue {
 
     /// Asks the workers for the state of order `id`.
     ///
-    /// Refused at once while the client is not connected (see [`Self::submit`]). Otherwise
-    /// bounded as a whole, the request's hand-over included: the connection can drop after
-    /// that check, and once the client's queue is full a send waits until NATS is back.
+    /// Bounded as a whole: the wait for a connection (nothing is queued while there is none,
+    /// see [`Self::submit`]) and the request's hand-over included, since the connection can
+    /// drop after that wait, and once the client's queue is full a send waits until NATS is
+    /// back.
     pub async fn status(&self, id: Uuid) -> Result<StatusReply, StatusError> {
-        if !self.connected() {
-            return Err(StatusError::Disconnected);
+        match tokio::time::timeout(self.timeouts.status, self.ask_status(id)).await {
+            Ok(answer) => answer,
+            Err(_) if !self.connected() => Err(StatusError::Disconnected),
+            Err(_) => Err(StatusError::TimedOut),
         }
-        tokio::time::timeout(self.timeouts.status, self.ask_status(id))
-            .await
-            .unwrap_or(Err(StatusError::TimedOut))
     }
 
     async fn ask_status(&self, id: Uuid) -> Result<StatusReply, StatusError> {
+        self.until_connected().await;
         let mut waiter = self.inbox.register();
         self.client
             .publish_with_reply(

@@ -20,7 +20,7 @@ use crate::http::{self as resp, Body};
 use crate::i18n::Texts;
 use crate::i18n::{Choice, Lang};
 use crate::pages::{self, Focus, FormPage, Frame, Link, MessagePage};
-use crate::queue::{SubmitError, Submitted};
+use crate::queue::{StatusError, SubmitError, Submitted};
 
 /// Why a submission got no order: each variant is one answer.
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +332,12 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
             resp::html(StatusCode::OK, pages::render(&page))
         }
         Err(error) => {
-            tracing::warn!(%error, order_id = %id, "order status unavailable");
+            // Every page refresh asks again; through an outage that would be a warning each.
+            if matches!(error, StatusError::Disconnected) {
+                tracing::debug!(%error, order_id = %id, "order status unavailable");
+            } else {
+                tracing::warn!(%error, order_id = %id, "order status unavailable");
+            }
             let seconds = state.retry_after_secs();
             let response = if json {
                 resp::json(

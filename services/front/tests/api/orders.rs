@@ -8,7 +8,9 @@ use futures_util::future::join_all;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, order_id_from_location, spawn_app, spawn_app_without_worker};
+use crate::helpers::{
+    eventually, order_id_from_location, spawn_app, spawn_app_with, spawn_app_without_worker,
+};
 
 const VALID_FORM: &str = "name=%D0%90%D0%BD%D0%BD%D0%B0+%D0%9F%D0%B5%D1%82%D1%80%D0%BE%D0%B2%D0%B0&phone=8+%28999%29+123-45-67";
 
@@ -234,8 +236,13 @@ async fn with_nats_down_the_front_answers_503_with_retry_after_and_keeps_the_inp
 }
 
 #[tokio::test]
-async fn with_nats_down_order_pages_get_503_at_once_and_the_front_still_stops() {
-    let mut app = spawn_app(Backend::Sqlite).await;
+async fn with_nats_down_nothing_is_queued_for_later_and_the_front_still_stops() {
+    let mut app = spawn_app_with(Backend::Sqlite, |config| {
+        config.nats.request_timeout = Duration::from_millis(300);
+        config.http.status_timeout = Duration::from_millis(500);
+    })
+    .await;
+    app.start_worker().await;
     let placed = app
         .post_json(&json!({"name": "Anna", "phone": "+79991234567"}))
         .await;
@@ -250,11 +257,17 @@ async fn with_nats_down_order_pages_get_503_at_once_and_the_front_still_stops() 
         .await,
         "the front notices that NATS is gone"
     );
-    // Refused before they reach the NATS client: nothing piles up in its queue to be sent
-    // (and stored) after the reconnect, and nothing waits for the server to come back.
-    let refused = app.burst(500, 64, 9_100_000_000).await;
-    assert_eq!(refused.unavailable, 500, "{refused:?}");
 
+    let refused = app.burst(500, 64, 9_100_000_000).await;
+
+    assert_eq!(refused.unavailable, 500, "{refused:?}");
+    // Refused without reaching the NATS client: nothing waits in its queue to be sent (and
+    // stored) after the reconnect, or fills it so that every later send waits for the server.
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains("finalprice_front_publish_failures_total{kind=\"Disconnected\"} 500"),
+        "{metrics}"
+    );
     // Answered, never a hang: the test client gives up (and fails the test) after 20 s.
     for id in [known, Uuid::now_v7().to_string()] {
         let (status, body) = app.get_json(&format!("/orders/{id}")).await;
