@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::connection::State;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use async_nats::{Client, Subscriber};
 use finalprice_shared::config::{Config, WorkerConfig};
@@ -15,6 +16,7 @@ use prometheus_client::registry::Registry;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -160,12 +162,17 @@ impl Application {
                 () = shutdown.cancelled() => break,
                 permit = Arc::clone(&permits).acquire_owned() => permit?,
             };
-            // Bounded as a whole: with nats-server gone a pull can wait on a reply that never
-            // comes, and a stopping worker must not wait on it.
-            let pulled =
-                tokio::time::timeout(pull_deadline, next_batch(&self.consumer, &self.config))
-                    .await
-                    .unwrap_or_else(|_| Err("pull timed out".into()));
+            // While nats-server is away a pull would only be queued, and sent after the
+            // reconnect when this worker has long given up on it: what it then brings waits
+            // out its ack_wait. The pull loop's backoff below paces the retries.
+            let pulled = if self.client.connection_state() == State::Connected {
+                // Bounded as a whole: with nats-server gone a pull can wait on a reply that
+                // never comes, and a stopping worker must not wait on it.
+                let deadline = Instant::now() + pull_deadline;
+                next_batch(&self.consumer, &self.config, deadline).await
+            } else {
+                Err("not connected to nats-server".into())
+            };
             let batch = match pulled {
                 Ok(batch) => {
                     failures = 0;
@@ -229,7 +236,8 @@ async fn watch_consumer(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // Bounded with its hand-over (see `nats::HAND_OVER_WITHIN`), or a stop would wait on it.
+        // Bounded, its hand-over included (see `nats::HAND_OVER_WITHIN`), or a stop would wait
+        // on it; a reading older than the next tick is of no use to the gauges anyway.
         match tokio::time::timeout(LAG_EVERY, consumer.info()).await {
             Ok(Ok(info)) => stats.consumer_state(info.num_pending, info.num_ack_pending),
             Ok(Err(error)) => tracing::debug!(%error, "consumer info unavailable"),
@@ -241,20 +249,21 @@ async fn watch_consumer(
 /// Up to `batch_size` orders: whatever is ready now; if nothing is, the first order to arrive
 /// plus whatever else arrives within `batch_linger` of it.
 ///
-/// A pull that fails after orders arrived still returns those orders: they are this worker's
-/// until their `ack_wait` runs out, so dropping them would leave their shoppers waiting that long
-/// for nothing. Only a pull that brought nothing is an error.
+/// A pull that fails or runs past `deadline` after orders arrived still returns those orders:
+/// they are this worker's until their `ack_wait` runs out, so dropping them would leave their
+/// shoppers waiting that long for nothing. Only a pull that brought nothing is an error.
 async fn next_batch(
     consumer: &PullConsumer,
     config: &WorkerConfig,
+    deadline: Instant,
 ) -> Result<Vec<jetstream::Message>, async_nats::Error> {
     let mut batch = Vec::new();
-    let ready = fetch_ready(consumer, config.batch_size, &mut batch).await;
+    let ready = fetch_ready(consumer, config.batch_size, &mut batch, deadline).await;
     if !batch.is_empty() {
         return Ok(kept_despite(batch, ready));
     }
     ready?;
-    let waited = async {
+    let waiting = async {
         let waiting = consumer
             .batch()
             .max_messages(1)
@@ -262,8 +271,8 @@ async fn next_batch(
             .messages()
             .await?;
         drain(waiting, &mut batch).await
-    }
-    .await;
+    };
+    let waited = within(deadline, waiting).await;
     if batch.is_empty() {
         return waited.map(|()| batch);
     }
@@ -272,20 +281,35 @@ async fn next_batch(
     }
     let more = match config.batch_size {
         0 | 1 => Ok(()),
-        size => fetch_ready(consumer, size - 1, &mut batch).await,
+        size => fetch_ready(consumer, size - 1, &mut batch, deadline).await,
     };
     Ok(kept_despite(batch, waited.and(more)))
 }
 
 /// Adds the orders available right now to `batch`, up to `max` (a no-wait pull: returns at
-/// once). On an error, what arrived before it stays in `batch`.
+/// once). On an error or at `deadline`, what arrived before stays in `batch`.
 async fn fetch_ready(
     consumer: &PullConsumer,
     max: usize,
     batch: &mut Vec<jetstream::Message>,
+    deadline: Instant,
 ) -> Result<(), async_nats::Error> {
-    let messages = consumer.fetch().max_messages(max).messages().await?;
-    drain(messages, batch).await
+    let pull = async {
+        let messages = consumer.fetch().max_messages(max).messages().await?;
+        drain(messages, batch).await
+    };
+    within(deadline, pull).await
+}
+
+/// `pull`, given up at `deadline` as a failed pull: with nats-server gone mid-pull no reply
+/// and no error may ever come.
+async fn within(
+    deadline: Instant,
+    pull: impl Future<Output = Result<(), async_nats::Error>>,
+) -> Result<(), async_nats::Error> {
+    tokio::time::timeout_at(deadline, pull)
+        .await
+        .unwrap_or_else(|_| Err("pull timed out".into()))
 }
 
 /// Moves a pull's deliveries into `into` until the pull ends or fails; what arrived before a
