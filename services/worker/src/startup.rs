@@ -358,6 +358,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pull_that_runs_out_of_time_keeps_what_arrived() {
+        // One delivery, then silence: nats-server gone mid-pull sends neither a reply nor an error.
+        let deliveries = futures_util::stream::iter([Ok::<_, std::io::Error>(1)])
+            .chain(futures_util::stream::pending());
+        let mut batch = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let pulled = within(deadline, drain(deliveries, &mut batch)).await;
+        assert_eq!(
+            pulled.as_ref().map_err(ToString::to_string),
+            Err("pull timed out".to_owned())
+        );
+        assert_eq!(kept_despite(batch, pulled), [1]);
+    }
+
+    #[tokio::test]
     async fn a_pull_that_ends_brings_everything() {
         let deliveries = futures_util::stream::iter([Ok::<_, std::io::Error>(1), Ok(2)]);
         let mut batch = vec![0];
