@@ -73,14 +73,7 @@ async fn orders_acknowledged_before_nats_crashed_are_committed_after_it_restarts
         "durable, not committed: {before:?}"
     );
     assert_eq!(app.queued().await, 100, "all of them wait in the stream");
-    app.nats.kill();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            app.get("/readyz").await.status() == 503
-        })
-        .await,
-        "the front notices that NATS is gone"
-    );
+    app.kill_nats().await;
     let during = app.burst(20, 8, 9_210_000_000).await;
     app.nats
         .restart()

@@ -114,6 +114,16 @@ impl TestApp {
         self.worker = Some((Service { stop, task }, stats));
     }
 
+    /// SIGKILLs nats-server and waits until the front has noticed (its `/readyz` fails), so
+    /// what the test sends next meets a front that knows NATS is gone.
+    pub async fn kill_nats(&mut self) {
+        self.nats.kill();
+        let noticed = eventually(Duration::from_secs(10), || async {
+            self.get("/readyz").await.status() == 503
+        });
+        assert!(noticed.await, "the front notices that NATS is gone");
+    }
+
     /// The worker's `/metrics` URL.
     pub fn worker_metrics_url(&self) -> String {
         format!(

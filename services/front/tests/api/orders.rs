@@ -249,14 +249,7 @@ async fn with_nats_down_nothing_is_queued_for_later_and_the_front_still_stops() 
     assert_eq!(placed.status(), 201);
     let known: serde_json::Value = placed.json().await.expect("a JSON body");
     let known = known["id"].as_str().expect("an id").to_owned();
-    app.nats.kill();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            app.get("/readyz").await.status() == 503
-        })
-        .await,
-        "the front notices that NATS is gone"
-    );
+    app.kill_nats().await;
 
     let refused = app.burst(500, 64, 9_100_000_000).await;
 
