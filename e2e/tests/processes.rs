@@ -1,7 +1,8 @@
-//! DESIGN.md §2 with the real processes, and their telemetry over the network: a worker SIGKILLed in the middle of a batch, every
-//! worker gone and back, SIGTERM to a front and to a worker under load, two of each side by
-//! side, a NATS message that breaks the services' client. Each scenario ends on the three numbers that must be zero:
-//! accepted but not a row at that moment, acknowledged but never a row, orders stored twice.
+//! DESIGN.md §2 with the real processes, and their telemetry over the network: a worker
+//! SIGKILLed in the middle of a batch, every worker gone and back, SIGTERM to a front and to a
+//! worker under load, two of each side by side, a NATS message that breaks the services'
+//! client. Each scenario ends on the three numbers that must be zero: accepted but not a row at
+//! that moment, acknowledged but never a row, orders stored twice.
 
 use std::time::Duration;
 

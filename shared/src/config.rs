@@ -161,8 +161,9 @@ pub struct HttpConfig {
     /// Orders per second per client; 0 = no limit.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
-    /// Empty = the peer address identifies the client. Otherwise the header's last address,
-    /// the one the proxy in front of us added (`X-Forwarded-For`, `X-Real-IP`).
+    /// Empty = the peer address identifies the client. Otherwise the last address of the
+    /// header's last line, the one the proxy in front of us added (`X-Forwarded-For`,
+    /// `X-Real-IP`).
     pub client_ip_header: String,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
