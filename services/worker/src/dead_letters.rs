@@ -50,10 +50,12 @@ pub async fn list(stream: &mut stream::Stream) -> anyhow::Result<Vec<DeadLetter>
     if state.messages == 0 {
         return Ok(letters);
     }
+    // Read at the stream's leader, not by direct get: a replica that lags behind would answer
+    // "not found" for a letter that is there, and the list would leave it out.
     for sequence in state.first_sequence..=state.last_sequence {
-        match stream.direct_get(sequence).await {
+        match stream.get_raw_message(sequence).await {
             Ok(message) => letters.push(describe(sequence, &message.headers, message.time)),
-            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {}
+            Err(error) if error.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
             Err(error) => return Err(error.into()),
         }
     }
@@ -122,7 +124,7 @@ pub async fn replay(
             );
             continue;
         };
-        let message = stream.direct_get(letter.sequence).await?;
+        let message = stream.get_raw_message(letter.sequence).await?;
         let mut headers = HeaderMap::new();
         // A fresh message id: the original may still be inside the duplicate window. The order
         // id stays the primary key, so a replay of a committed order is still one row.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream;
 use async_nats::{Client, Subscriber};
+use bytes::Bytes;
 use finalprice_db::entity::orders;
 use finalprice_shared::domain::PhoneNumber;
 use finalprice_shared::messages::{
@@ -33,6 +34,8 @@ pub enum LookupError {
     Database(#[from] DbErr),
     #[error("stream lookup failed")]
     Stream(#[from] stream::DirectGetError),
+    #[error("stream lookup at its leader failed")]
+    Leader(#[from] stream::LastRawMessageError),
 }
 
 /// Joins the status queue group. Subscribing before the pull loop starts means a worker that
@@ -109,16 +112,32 @@ pub async fn lookup(
     if let Some(reply) = committed(db, id).await? {
         return Ok(reply);
     }
-    match stream.direct_get_last_for_subject(order_subject(id)).await {
-        Ok(message) => return Ok(StatusReply::pending(id, &message.payload)),
-        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {}
-        Err(error) => return Err(error.into()),
+    if let Some(message) = queued(stream, id).await? {
+        return Ok(StatusReply::pending(id, &message));
     }
     Ok(committed(db, id).await?.unwrap_or(StatusReply {
         id,
         state: OrderState::Unknown,
         phone_masked: None,
     }))
+}
+
+/// The order's message while it waits in the stream. Any replica may answer a direct get, and
+/// one that lags behind (a follower still catching up, a mirror) says "not found" for an order
+/// the stream holds; so only the leader's "not found" makes an order unknown. The leader is
+/// asked only when a direct get finds nothing: never for a committed order.
+async fn queued(stream: &stream::Stream, id: Uuid) -> Result<Option<Bytes>, LookupError> {
+    let subject = order_subject(id);
+    match stream.direct_get_last_for_subject(subject.as_str()).await {
+        Ok(message) => return Ok(Some(message.payload)),
+        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {}
+        Err(error) => return Err(error.into()),
+    }
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => Ok(Some(message.payload)),
+        Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(error) => Err(error.into()),
+    }
 }
 
 async fn committed(db: &DatabaseConnection, id: Uuid) -> Result<Option<StatusReply>, DbErr> {

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use finalprice_shared::messages::{
-    self, AddressedConfirmation, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER,
-    REPLY_TOKEN_HEADER, confirmations_subject, order_subject,
+    self, AddressedConfirmation, Confirmation, DEAD_LETTER_ORDER_ID_HEADER,
+    DEAD_LETTER_REASON_HEADER, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, REPLY_TOKEN_HEADER,
+    confirmations_subject, order_subject,
 };
 use finalprice_shared::nats;
 use finalprice_testkit::{Backend, NatsServer, TestDb, order};
 use finalprice_worker::Application;
+use finalprice_worker::dead_letters;
 use finalprice_worker::process::commit_orders;
 use finalprice_worker::status::lookup;
 use futures_util::StreamExt;
@@ -110,6 +112,122 @@ async fn status_is_accepted_pending_or_unknown() {
         .await
         .expect("lookup");
     assert_eq!(unknown.state, OrderState::Unknown);
+}
+
+/// Makes a replica that lags behind the only one to answer `stream`'s direct gets, as a
+/// follower catching up would be for the messages it lacks: a real mirror (`mirror_direct`) that
+/// holds only a probe on `probe_subject`, with the stream's own direct gets turned off. Returns
+/// once a direct get for `held_subject`, which the stream holds, is answered "not found".
+async fn answered_by_a_replica_behind(
+    js: &async_nats::jetstream::Context,
+    stream: &mut async_nats::jetstream::stream::Stream,
+    probe_subject: &str,
+    held_subject: &str,
+) {
+    use async_nats::jetstream::stream;
+    let mut own = stream.info().await.expect("stream info").config.clone();
+    js.create_stream(stream::Config {
+        name: format!("{}_BEHIND", own.name),
+        mirror: Some(stream::Source {
+            name: own.name.clone(),
+            filter_subject: Some(probe_subject.to_owned()),
+            ..Default::default()
+        }),
+        mirror_direct: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .expect("the mirror");
+    // A mirror answers for its stream only once it has copied a message.
+    js.publish(probe_subject.to_owned(), "probe".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+    own.allow_direct = false;
+    js.update_stream(own).await.expect("direct gets off");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match stream.direct_get_last_for_subject(held_subject).await {
+            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => return,
+            answer => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the mirror never answered for the stream: {answer:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_lags_behind_cannot_make_a_queued_order_unknown() {
+    let server = NatsServer::start().expect("nats-server");
+    let db = TestDb::new(Backend::Sqlite).await.expect("database");
+    let config = finalprice_testkit::config(&server, &db);
+    let client = nats::connect(&config.nats, "test").await.expect("nats");
+    let js = nats::jetstream(client, &config.nats);
+    let mut orders = nats::ensure_orders_stream(&js, &config.nats)
+        .await
+        .expect("stream");
+    let connection = db.connect().await.expect("connect");
+
+    let queued = order("89991234568");
+    js.publish(order_subject(queued.id), messages::encode(&queued))
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+    // The probe is taken from the work queue by the mirror; no order is.
+    answered_by_a_replica_behind(
+        &js,
+        &mut orders,
+        "orders.mirror-probe",
+        &order_subject(queued.id),
+    )
+    .await;
+
+    let pending = lookup(&connection, &orders, queued.id)
+        .await
+        .expect("lookup");
+    assert_eq!(pending.state, OrderState::Pending, "{pending:?}");
+    assert_eq!(pending.phone_masked.as_deref(), Some("+7********68"));
+    let unknown = lookup(&connection, &orders, Uuid::now_v7())
+        .await
+        .expect("lookup");
+    assert_eq!(unknown.state, OrderState::Unknown);
+}
+
+#[tokio::test]
+async fn a_replica_that_lags_behind_cannot_hide_a_dead_letter() {
+    let server = NatsServer::start().expect("nats-server");
+    let db = TestDb::new(Backend::Sqlite).await.expect("database");
+    let config = finalprice_testkit::config(&server, &db);
+    let client = nats::connect(&config.nats, "test").await.expect("nats");
+    let js = nats::jetstream(client, &config.nats);
+    let mut letters = nats::ensure_dead_letter_stream(&js, &config.nats)
+        .await
+        .expect("stream");
+
+    let id = Uuid::now_v7();
+    let mut headers = HeaderMap::new();
+    headers.insert(DEAD_LETTER_ORDER_ID_HEADER, id.to_string().as_str());
+    headers.insert(DEAD_LETTER_REASON_HEADER, "a test letter");
+    let subject = messages::dead_letter_subject(7);
+    js.publish_with_headers(subject.clone(), headers, "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+    answered_by_a_replica_behind(&js, &mut letters, "dlq.orders.probe", &subject).await;
+
+    let listed = dead_letters::list(&mut letters).await.expect("list");
+    let letter = listed
+        .iter()
+        .find(|letter| letter.order_id == Some(id))
+        .unwrap_or_else(|| panic!("the letter is listed: {listed:?}"));
+    assert_eq!(letter.reason, "a test letter");
 }
 
 async fn next(subscriber: &mut async_nats::Subscriber) -> async_nats::Message {
