@@ -334,11 +334,13 @@ async fn retry_later(context: &BatchContext, message: &jetstream::Message) {
 /// Moves an order that can never be written to the dead-letter stream, tells a waiting shopper
 /// it was not saved, and removes it from the queue — in that order, so it is never in neither.
 async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reason: RejectReason) {
-    let id = message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-        .and_then(|id| Uuid::parse_str(id.as_str()).ok());
+    // A front's order carries its id as the message id; a replayed dead letter has a message id
+    // of its own and names its order in a header, so that it can be named (and replayed) again.
+    let id = message.headers.as_ref().and_then(|headers| {
+        [async_nats::header::NATS_MESSAGE_ID.as_ref(), DEAD_LETTER_ORDER_ID_HEADER]
+            .into_iter()
+            .find_map(|name| Uuid::parse_str(headers.get(name)?.as_str()).ok())
+    });
     let Ok(info) = message.info() else {
         tracing::error!("delivery without JetStream metadata; cannot dead-letter it");
         return;

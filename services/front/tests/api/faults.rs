@@ -170,7 +170,7 @@ async fn a_poison_order_is_dead_lettered_its_shopper_told_and_the_others_committ
         "the poison order left the work queue"
     );
 
-    // The operator finds it, fixes the cause, and replays it.
+    // The operator finds it, replays it too early, then fixes the cause and replays it again.
     let (js, mut dlq) = finalprice_worker::dead_letters::open(&app.config.nats)
         .await
         .expect("dead-letter stream");
@@ -188,15 +188,35 @@ async fn a_poison_order_is_dead_lettered_its_shopper_told_and_the_others_committ
         .order_id
         .expect("the dead letter names its order");
 
+    let replay_all = async |dlq: &mut async_nats::jetstream::stream::Stream| {
+        finalprice_worker::dead_letters::replay(
+            &js,
+            dlq,
+            &finalprice_worker::dead_letters::Selection::All,
+        )
+        .await
+        .expect("replay")
+    };
+    assert_eq!(replay_all(&mut dlq).await, vec![letters[0].sequence]);
+    let mut again = Vec::new();
+    for _ in 0..200 {
+        again = finalprice_worker::dead_letters::list(&mut dlq)
+            .await
+            .expect("list");
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(again.len(), 1, "dead-lettered again: {again:?}");
+    assert_eq!(
+        again[0].order_id,
+        Some(id),
+        "still named, so it can be replayed"
+    );
+
     app.execute("DROP TRIGGER no_poison ON orders").await;
-    let replayed = finalprice_worker::dead_letters::replay(
-        &js,
-        &mut dlq,
-        &finalprice_worker::dead_letters::Selection::All,
-    )
-    .await
-    .expect("replay");
-    assert_eq!(replayed, vec![letters[0].sequence]);
+    assert_eq!(replay_all(&mut dlq).await, vec![again[0].sequence]);
     assert!(
         eventually(Duration::from_secs(10), || async {
             app.row(id).await.is_some()
