@@ -99,6 +99,10 @@ dc-status:
     docker compose ps
     docker compose exec worker finalprice-worker status
 
+# Compose: the nats CLI on the stack's network with its login, e.g. `just dc-nats consumer info ORDERS workers`
+dc-nats *args:
+    docker compose run --rm nats-box {{args}}
+
 # Compose: run this many fronts and workers, e.g. `just scale 3 4`
 scale fronts workers:
     docker compose up -d --no-recreate --scale front={{fronts}} --scale worker={{workers}}

@@ -637,6 +637,7 @@ fn every_operator_recipe_is_listed_with_its_help_line() {
         "dc-logs",
         "dc-status",
         "dc-lint",
+        "dc-nats",
     ] {
         let line = list
             .lines()
@@ -672,6 +673,68 @@ fn docker_compose_accepts_compose_yaml() {
         !unset.status.success(),
         "secrets are required, never defaulted"
     );
+}
+
+/// The `healthcheck` command of compose service `service`, with `port` in place of the port the
+/// service listens on in compose (`compose_port`). The flow sequence on its `test:` line is JSON.
+fn compose_health_check(service: &str, compose_port: u16, port: u16) -> Vec<String> {
+    let compose = std::fs::read_to_string(repository().join("compose.yaml")).expect("compose.yaml");
+    let definition = compose
+        .split(&format!("\n  {service}:\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no service {service} in compose.yaml"));
+    // The service ends where the next top-level entry under `services:` begins.
+    let definition = definition
+        .split("\n  ")
+        .take_while(|line| line.starts_with(' ') || line.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n  ");
+    let test = definition
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("test:"))
+        .unwrap_or_else(|| panic!("{service} has no healthcheck test:\n{definition}"));
+    let command: Vec<String> = serde_json::from_str(test.trim()).expect("a JSON-style list");
+    assert_eq!(command[0], "CMD", "{command:?}");
+    command[1..]
+        .iter()
+        .map(|part| part.replace(&compose_port.to_string(), &port.to_string()))
+        .collect()
+}
+
+/// Runs a compose health check command as Docker would, on this host.
+fn healthy(command: &[String]) -> bool {
+    std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the health check runs")
+        .success()
+}
+
+#[tokio::test]
+async fn the_compose_health_checks_pass_on_a_live_front_and_worker_and_fail_without_them() {
+    let stack = Stack::new().await;
+    let worker_port = free_port().expect("a free port");
+    let front_check = compose_health_check("front", 8080, stack.port);
+    let worker_check = compose_health_check("worker", 9091, worker_port);
+    assert!(
+        !healthy(&front_check),
+        "nothing listens yet: {front_check:?}"
+    );
+    assert!(
+        !healthy(&worker_check),
+        "nothing listens yet: {worker_check:?}"
+    );
+
+    let _worker = stack
+        .worker_with(&[(
+            "FINALPRICE_WORKER__METRICS_ADDR",
+            format!("127.0.0.1:{worker_port}"),
+        )])
+        .await;
+    let _front = stack.front().await;
+    assert!(healthy(&front_check), "{front_check:?}");
+    assert!(healthy(&worker_check), "{worker_check:?}");
 }
 
 /// The number that follows the first `label` in the load tool's report.

@@ -337,9 +337,12 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
     // A front's order carries its id as the message id; a replayed dead letter has a message id
     // of its own and names its order in a header, so that it can be named (and replayed) again.
     let id = message.headers.as_ref().and_then(|headers| {
-        [async_nats::header::NATS_MESSAGE_ID.as_ref(), DEAD_LETTER_ORDER_ID_HEADER]
-            .into_iter()
-            .find_map(|name| Uuid::parse_str(headers.get(name)?.as_str()).ok())
+        [
+            async_nats::header::NATS_MESSAGE_ID.as_ref(),
+            DEAD_LETTER_ORDER_ID_HEADER,
+        ]
+        .into_iter()
+        .find_map(|name| Uuid::parse_str(headers.get(name)?.as_str()).ok())
     });
     let Ok(info) = message.info() else {
         tracing::error!("delivery without JetStream metadata; cannot dead-letter it");
