@@ -46,14 +46,21 @@ pub struct Presence {
     pub started_at: DateTime<Utc>,
 }
 
+const ORDER_SUBJECT_PREFIX: &str = "orders.";
+
 /// One subject per order, so that "is it still queued?" is a direct get by subject.
 pub fn order_subject(id: Uuid) -> String {
     // Written directly, not with `format!`: this runs for every order on the front's hot path.
-    const PREFIX: &str = "orders.";
-    let mut subject = String::with_capacity(PREFIX.len() + uuid::fmt::Hyphenated::LENGTH);
-    subject.push_str(PREFIX);
+    let mut subject =
+        String::with_capacity(ORDER_SUBJECT_PREFIX.len() + uuid::fmt::Hyphenated::LENGTH);
+    subject.push_str(ORDER_SUBJECT_PREFIX);
     subject.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
     subject
+}
+
+/// The order a message on [`order_subject`] is about; `None` for any other subject.
+pub fn order_id_from_subject(subject: &str) -> Option<Uuid> {
+    Uuid::parse_str(subject.strip_prefix(ORDER_SUBJECT_PREFIX)?).ok()
 }
 
 /// Where an order that can never be written is kept: `dlq.orders.<stream sequence>`, so every
@@ -268,6 +275,15 @@ mod tests {
             order_subject(id),
             "orders.0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
         );
+        assert_eq!(order_id_from_subject(&order_subject(id)), Some(id));
+        for other in [
+            "orders.",
+            "orders.not-a-uuid",
+            "dlq.orders.7",
+            "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+        ] {
+            assert_eq!(order_id_from_subject(other), None, "{other}");
+        }
     }
 
     #[test]

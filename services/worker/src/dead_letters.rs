@@ -132,7 +132,6 @@ pub async fn replay(
             async_nats::header::NATS_MESSAGE_ID,
             format!("replay-{}-{}", id, letter.sequence).as_str(),
         );
-        headers.insert(DEAD_LETTER_ORDER_ID_HEADER, id.to_string().as_str());
         if let Some(traceparent) = message.headers.get("traceparent") {
             headers.insert("traceparent", traceparent.as_str());
         }

@@ -331,19 +331,20 @@ async fn retry_later(context: &BatchContext, message: &jetstream::Message) {
     }
 }
 
+/// The headers a dead letter gets from the worker that stored it.
+const DEAD_LETTER_HEADERS: [&str; 4] = [
+    DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_DELIVERIES_HEADER,
+    DEAD_LETTER_SEQUENCE_HEADER,
+    DEAD_LETTER_ORDER_ID_HEADER,
+];
+
 /// Moves an order that can never be written to the dead-letter stream, tells a waiting shopper
 /// it was not saved, and removes it from the queue — in that order, so it is never in neither.
 async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reason: RejectReason) {
-    // A front's order carries its id as the message id; a replayed dead letter has a message id
-    // of its own and names its order in a header, so that it can be named (and replayed) again.
-    let id = message.headers.as_ref().and_then(|headers| {
-        [
-            async_nats::header::NATS_MESSAGE_ID.as_ref(),
-            DEAD_LETTER_ORDER_ID_HEADER,
-        ]
-        .into_iter()
-        .find_map(|name| Uuid::parse_str(headers.get(name)?.as_str()).ok())
-    });
+    // From the subject, which the front and a replay alike publish on (`orders.<id>`): a replay
+    // has a message id of its own, and a header could name any order.
+    let id = messages::order_id_from_subject(&message.subject);
     let Ok(info) = message.info() else {
         tracing::error!("delivery without JetStream metadata; cannot dead-letter it");
         return;
@@ -355,6 +356,13 @@ async fn dead_letter(context: &BatchContext, message: &jetstream::Message, reaso
         let name: &str = name.as_ref();
         if name == REPLY_TO_HEADER || name == REPLY_TOKEN_HEADER {
             continue; // nobody will wait on a replayed dead letter
+        }
+        // Set below from what this worker saw, never carried over from the message.
+        if DEAD_LETTER_HEADERS
+            .iter()
+            .any(|ours| ours.eq_ignore_ascii_case(name))
+        {
+            continue;
         }
         // JetStream's own headers steer the publish they came on (`Nats-Expected-Stream`,
         // `Nats-Rollup`, `Nats-TTL`, …); carried over, one could make this publish fail on

@@ -198,16 +198,20 @@ async fn a_poison_order_is_dead_lettered_its_shopper_told_and_the_others_committ
         .expect("replay")
     };
     assert_eq!(replay_all(&mut dlq).await, vec![letters[0].sequence]);
-    let mut again = Vec::new();
-    for _ in 0..200 {
-        again = finalprice_worker::dead_letters::list(&mut dlq)
-            .await
-            .expect("list");
-        if !again.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let mut dlq = dlq.clone();
+            async move {
+                let letters = finalprice_worker::dead_letters::list(&mut dlq).await;
+                !letters.expect("list").is_empty()
+            }
+        })
+        .await,
+        "dead-lettered again"
+    );
+    let again = finalprice_worker::dead_letters::list(&mut dlq)
+        .await
+        .expect("list");
     assert_eq!(again.len(), 1, "dead-lettered again: {again:?}");
     assert_eq!(
         again[0].order_id,
