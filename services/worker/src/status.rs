@@ -36,6 +36,8 @@ pub enum LookupError {
     Stream(#[from] stream::DirectGetError),
     #[error("stream lookup at its leader failed")]
     Leader(#[from] stream::LastRawMessageError),
+    #[error("the stream's leader did not answer in time")]
+    NoLeader,
 }
 
 /// Joins the status queue group. Subscribing before the pull loop starts means a worker that
@@ -122,10 +124,17 @@ pub async fn lookup(
     }))
 }
 
+/// How long the stream's leader may take to confirm a "not found". It answers at once when there
+/// is one; while there is none (an election) every unknown id would otherwise hold one of the
+/// lookup permits for the whole JetStream request timeout.
+const LEADER_WITHIN: Duration = Duration::from_millis(500);
+
 /// The order's message while it waits in the stream. Any replica may answer a direct get, and
 /// one that lags behind (a follower still catching up, a mirror) says "not found" for an order
 /// the stream holds; so only the leader's "not found" makes an order unknown. The leader is
-/// asked only when a direct get finds nothing: never for a committed order.
+/// asked only when a direct get finds nothing: never for a committed order. (On an R1 stream
+/// the leader answered the direct get already, but a mirror with `mirror_direct` may answer
+/// for any stream, so the second look is not skipped there either.)
 async fn queued(stream: &stream::Stream, id: Uuid) -> Result<Option<Bytes>, LookupError> {
     let subject = order_subject(id);
     match stream.direct_get_last_for_subject(subject.as_str()).await {
@@ -133,10 +142,14 @@ async fn queued(stream: &stream::Stream, id: Uuid) -> Result<Option<Bytes>, Look
         Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {}
         Err(error) => return Err(error.into()),
     }
-    match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(message) => Ok(Some(message.payload)),
-        Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(error) => Err(error.into()),
+    let at_leader = stream.get_last_raw_message_by_subject(&subject);
+    match tokio::time::timeout(LEADER_WITHIN, at_leader).await {
+        Ok(Ok(message)) => Ok(Some(message.payload)),
+        Ok(Err(error)) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(LookupError::NoLeader),
     }
 }
 

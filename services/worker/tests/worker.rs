@@ -11,7 +11,7 @@ use finalprice_shared::messages::{
     confirmations_subject, order_subject,
 };
 use finalprice_shared::nats;
-use finalprice_testkit::{Backend, NatsServer, TestDb, order};
+use finalprice_testkit::{Backend, NatsServer, TestDb, eventually, order};
 use finalprice_worker::Application;
 use finalprice_worker::dead_letters;
 use finalprice_worker::process::commit_orders;
@@ -148,17 +148,12 @@ async fn answered_by_a_replica_behind(
     own.allow_direct = false;
     js.update_stream(own).await.expect("direct gets off");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match stream.direct_get_last_for_subject(held_subject).await {
-            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => return,
-            answer => assert!(
-                tokio::time::Instant::now() < deadline,
-                "the mirror never answered for the stream: {answer:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let not_found = eventually(Duration::from_secs(10), || async {
+        let answer = stream.direct_get_last_for_subject(held_subject).await;
+        answer.is_err_and(|error| error.kind() == stream::DirectGetErrorKind::NotFound)
+    })
+    .await;
+    assert!(not_found, "the mirror never answered for the stream");
 }
 
 #[tokio::test]
