@@ -675,9 +675,10 @@ fn docker_compose_accepts_compose_yaml() {
     );
 }
 
-/// The `healthcheck` command of compose service `service`, with `port` in place of the port the
-/// service listens on in compose (`compose_port`). The flow sequence on its `test:` line is JSON.
-fn compose_health_check(service: &str, compose_port: u16, port: u16) -> Vec<String> {
+/// The `healthcheck` command of compose service `service`, aimed at `port` instead of the port
+/// the service listens on in compose (the one its `address_variable` gives). The flow sequence
+/// on its `test:` line is JSON.
+fn compose_health_check(service: &str, address_variable: &str, port: u16) -> Vec<String> {
     let compose = std::fs::read_to_string(repository().join("compose.yaml")).expect("compose.yaml");
     let definition = compose
         .split(&format!("\n  {service}:\n"))
@@ -689,34 +690,57 @@ fn compose_health_check(service: &str, compose_port: u16, port: u16) -> Vec<Stri
         .take_while(|line| line.starts_with(' ') || line.starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n  ");
-    let test = definition
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("test:"))
-        .unwrap_or_else(|| panic!("{service} has no healthcheck test:\n{definition}"));
-    let command: Vec<String> = serde_json::from_str(test.trim()).expect("a JSON-style list");
+    let value = |key: &str| {
+        definition
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("{service} has no {key}\n{definition}"))
+            .trim()
+    };
+    let compose_port = value(&format!("{address_variable}:"))
+        .rsplit(':')
+        .next()
+        .expect("host:port")
+        .to_owned();
+    let command: Vec<String> = serde_json::from_str(value("test:")).expect("a JSON-style list");
     assert_eq!(command[0], "CMD", "{command:?}");
+    assert!(
+        command.iter().any(|part| part.contains(&compose_port)),
+        "{service}'s health check does not probe the port it listens on ({compose_port}): {command:?}"
+    );
     command[1..]
         .iter()
-        .map(|part| part.replace(&compose_port.to_string(), &port.to_string()))
+        .map(|part| part.replace(&compose_port, &port.to_string()))
         .collect()
 }
 
-/// Runs a compose health check command as Docker would, on this host.
+/// Runs a compose health check command as Docker would, on this host, within compose's
+/// `timeout` (3 s): a check that hangs is a failed one.
 fn healthy(command: &[String]) -> bool {
-    std::process::Command::new(&command[0])
+    let mut check = std::process::Command::new(&command[0])
         .args(&command[1..])
         .stderr(std::process::Stdio::null())
-        .status()
-        .expect("the health check runs")
-        .success()
+        .spawn()
+        .expect("the health check runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = check.try_wait().expect("the health check runs") {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = check.kill();
+    let _ = check.wait();
+    false
 }
 
 #[tokio::test]
 async fn the_compose_health_checks_pass_on_a_live_front_and_worker_and_fail_without_them() {
     let stack = Stack::new().await;
     let worker_port = free_port().expect("a free port");
-    let front_check = compose_health_check("front", 8080, stack.port);
-    let worker_check = compose_health_check("worker", 9091, worker_port);
+    let front_check = compose_health_check("front", "FINALPRICE_HTTP__ADDR", stack.port);
+    let worker_check =
+        compose_health_check("worker", "FINALPRICE_WORKER__METRICS_ADDR", worker_port);
     assert!(
         !healthy(&front_check),
         "nothing listens yet: {front_check:?}"
