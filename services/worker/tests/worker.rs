@@ -76,24 +76,45 @@ async fn count_orders(db: &sea_orm::DatabaseConnection) -> u64 {
         .expect("count")
 }
 
-#[tokio::test]
-async fn status_is_accepted_pending_or_unknown() {
+/// What the tests below start from: a fresh nats-server and database, a worker's settings for
+/// them, and a NATS client with its JetStream context made as the worker makes them.
+struct Harness {
+    _server: NatsServer,
+    db: TestDb,
+    config: finalprice_shared::config::Config,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+async fn harness(backend: Backend) -> Harness {
     let server = NatsServer::start().expect("nats-server");
-    let db = TestDb::new(Backend::Postgres).await.expect("database");
+    let db = TestDb::new(backend).await.expect("database");
     let config = finalprice_testkit::config(&server, &db);
     let client = nats::connect(&config.nats, "test").await.expect("nats");
-    let js = nats::jetstream(client, &config.nats);
-    let stream = nats::ensure_orders_stream(&js, &config.nats)
+    let js = nats::jetstream(client.clone(), &config.nats);
+    Harness {
+        _server: server,
+        db,
+        config,
+        client,
+        js,
+    }
+}
+
+#[tokio::test]
+async fn status_is_accepted_pending_or_unknown() {
+    let h = harness(Backend::Postgres).await;
+    let stream = nats::ensure_orders_stream(&h.js, &h.config.nats)
         .await
         .expect("stream");
-    let connection = db.connect().await.expect("connect");
+    let connection = h.db.connect().await.expect("connect");
 
     let committed = order("89991234567");
     commit_orders(&connection, std::slice::from_ref(&committed))
         .await
         .expect("commit");
     let queued = order("89991234568");
-    js.publish(order_subject(queued.id), messages::encode(&queued))
+    h.js.publish(order_subject(queued.id), messages::encode(&queued))
         .await
         .expect("publish")
         .await
@@ -158,25 +179,21 @@ async fn answered_by_a_replica_behind(
 
 #[tokio::test]
 async fn a_replica_that_lags_behind_cannot_make_a_queued_order_unknown() {
-    let server = NatsServer::start().expect("nats-server");
-    let db = TestDb::new(Backend::Sqlite).await.expect("database");
-    let config = finalprice_testkit::config(&server, &db);
-    let client = nats::connect(&config.nats, "test").await.expect("nats");
-    let js = nats::jetstream(client, &config.nats);
-    let mut orders = nats::ensure_orders_stream(&js, &config.nats)
+    let h = harness(Backend::Sqlite).await;
+    let mut orders = nats::ensure_orders_stream(&h.js, &h.config.nats)
         .await
         .expect("stream");
-    let connection = db.connect().await.expect("connect");
+    let connection = h.db.connect().await.expect("connect");
 
     let queued = order("89991234568");
-    js.publish(order_subject(queued.id), messages::encode(&queued))
+    h.js.publish(order_subject(queued.id), messages::encode(&queued))
         .await
         .expect("publish")
         .await
         .expect("PubAck");
     // The probe is taken from the work queue by the mirror; no order is.
     answered_by_a_replica_behind(
-        &js,
+        &h.js,
         &mut orders,
         "orders.mirror-probe",
         &order_subject(queued.id),
@@ -196,12 +213,8 @@ async fn a_replica_that_lags_behind_cannot_make_a_queued_order_unknown() {
 
 #[tokio::test]
 async fn a_replica_that_lags_behind_cannot_hide_a_dead_letter() {
-    let server = NatsServer::start().expect("nats-server");
-    let db = TestDb::new(Backend::Sqlite).await.expect("database");
-    let config = finalprice_testkit::config(&server, &db);
-    let client = nats::connect(&config.nats, "test").await.expect("nats");
-    let js = nats::jetstream(client, &config.nats);
-    let mut letters = nats::ensure_dead_letter_stream(&js, &config.nats)
+    let h = harness(Backend::Sqlite).await;
+    let mut letters = nats::ensure_dead_letter_stream(&h.js, &h.config.nats)
         .await
         .expect("stream");
 
@@ -210,12 +223,12 @@ async fn a_replica_that_lags_behind_cannot_hide_a_dead_letter() {
     headers.insert(DEAD_LETTER_ORDER_ID_HEADER, id.to_string().as_str());
     headers.insert(DEAD_LETTER_REASON_HEADER, "a test letter");
     let subject = messages::dead_letter_subject(7);
-    js.publish_with_headers(subject.clone(), headers, "{}".into())
+    h.js.publish_with_headers(subject.clone(), headers, "{}".into())
         .await
         .expect("publish")
         .await
         .expect("PubAck");
-    answered_by_a_replica_behind(&js, &mut letters, "dlq.orders.probe", &subject).await;
+    answered_by_a_replica_behind(&h.js, &mut letters, "dlq.orders.probe", &subject).await;
 
     let listed = dead_letters::list(&mut letters).await.expect("list");
     let letter = listed
@@ -234,22 +247,26 @@ async fn next(subscriber: &mut async_nats::Subscriber) -> async_nats::Message {
 
 #[tokio::test]
 async fn a_batch_answers_each_front_inbox_with_one_message_and_others_alone() {
-    let server = NatsServer::start().expect("nats-server");
-    let db = TestDb::new(Backend::Sqlite).await.expect("database");
-    let config = finalprice_testkit::config(&server, &db);
-    let client = nats::connect(&config.nats, "test").await.expect("nats");
-    let js = nats::jetstream(client.clone(), &config.nats);
-    nats::ensure_orders_stream(&js, &config.nats)
+    let h = harness(Backend::Sqlite).await;
+    nats::ensure_orders_stream(&h.js, &h.config.nats)
         .await
         .expect("stream");
 
     // Two fronts' inboxes (numbered waiters that ask for gathering, as the front does) and a
     // tool's inbox that ends in digits but does not ask.
-    let (front_a, front_b) = (client.new_inbox(), client.new_inbox());
-    let tool = format!("{}.5", client.new_inbox());
-    let mut replies_a = client.subscribe(format!("{front_a}.*")).await.expect("sub");
-    let mut replies_b = client.subscribe(format!("{front_b}.*")).await.expect("sub");
-    let mut replies_tool = client.subscribe(tool.clone()).await.expect("sub");
+    let (front_a, front_b) = (h.client.new_inbox(), h.client.new_inbox());
+    let tool = format!("{}.5", h.client.new_inbox());
+    let mut replies_a = h
+        .client
+        .subscribe(format!("{front_a}.*"))
+        .await
+        .expect("sub");
+    let mut replies_b = h
+        .client
+        .subscribe(format!("{front_b}.*"))
+        .await
+        .expect("sub");
+    let mut replies_tool = h.client.subscribe(tool.clone()).await.expect("sub");
     let mut sent = Vec::new();
     for (reply_to, token, phone) in [
         (format!("{front_a}.1"), Some("1"), "+79990000001"),
@@ -267,7 +284,7 @@ async fn a_batch_answers_each_front_inbox_with_one_message_and_others_alone() {
         if let Some(token) = token {
             headers.insert(REPLY_TOKEN_HEADER, token);
         }
-        js.publish_with_headers(order_subject(order.id), headers, messages::encode(&order))
+        h.js.publish_with_headers(order_subject(order.id), headers, messages::encode(&order))
             .await
             .expect("publish")
             .await
@@ -276,7 +293,7 @@ async fn a_batch_answers_each_front_inbox_with_one_message_and_others_alone() {
     }
 
     // Queued before the worker starts, so its first fetch takes all four as one batch.
-    let worker = Application::build(&config).await.expect("worker");
+    let worker = Application::build(&h.config).await.expect("worker");
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
     let gathered = |message: &async_nats::Message| {
@@ -307,7 +324,7 @@ async fn a_batch_answers_each_front_inbox_with_one_message_and_others_alone() {
         .expect("joined")
         .expect("worker stops cleanly");
     // One message per inbox: nothing else arrived for either front.
-    client.flush().await.expect("flush");
+    h.client.flush().await.expect("flush");
     for replies in [&mut replies_a, &mut replies_b] {
         replies.unsubscribe().await.expect("unsubscribe");
         assert!(replies.next().await.is_none(), "a second message");
