@@ -68,6 +68,43 @@ async fn a_batch_commits_once_and_reports_what_was_new_sqlite() {
     a_batch_commits_once_and_reports_what_was_new(Backend::Sqlite).await;
 }
 
+/// Each backend's refusal that only its error code tells (no sqlx kind) is read by that
+/// backend's rules: SQLite's codes are decimal numbers, PostgreSQL's SQLSTATEs are not, and
+/// read by the other's rules each would be taken for an outage.
+#[tokio::test]
+async fn a_refusal_told_only_by_its_code_is_read_by_the_backend_that_raised_it() {
+    use finalprice_worker::error::{CommitFailure, classify};
+    use sea_orm::ConnectionTrait;
+    let refusals = [
+        // SQLITE_CONSTRAINT_DATATYPE (3091).
+        (
+            Backend::Sqlite,
+            "CREATE TABLE probe (n INTEGER) STRICT",
+            "INSERT INTO probe VALUES ('not a number')",
+        ),
+        // 22001, string data right truncation.
+        (
+            Backend::Postgres,
+            "CREATE TABLE probe (n varchar(1))",
+            "INSERT INTO probe VALUES ('too long')",
+        ),
+    ];
+    for (backend, create, insert) in refusals {
+        let db = TestDb::new(backend).await.expect("database");
+        let connection = db.connect().await.expect("connect");
+        connection.execute_unprepared(create).await.expect("create");
+        let error = connection
+            .execute_unprepared(insert)
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            classify(&error),
+            CommitFailure::Permanent,
+            "{backend:?}: {error}"
+        );
+    }
+}
+
 async fn count_orders(db: &sea_orm::DatabaseConnection) -> u64 {
     use sea_orm::{EntityTrait, PaginatorTrait};
     finalprice_db::entity::orders::Entity::find()
