@@ -168,6 +168,12 @@ pub async fn handle_batch(context: &BatchContext, messages: Vec<jetstream::Messa
                 message,
                 span,
             }),
+            // Like a refused order, only after `dead_letter_after` deliveries: in a rolling
+            // deploy a worker older than the front may not read what a newer one will.
+            Err(error) if deliveries(&message) < context.dead_letter_after => {
+                tracing::warn!(parent: &span, %error, "order not readable; retrying later");
+                retry_later(context, &message).instrument(span).await;
+            }
             Err(error) => {
                 let reason = RejectReason::Malformed(error.to_string());
                 dead_letter(context, &message, reason)

@@ -369,10 +369,13 @@ async fn a_batch_answers_each_front_inbox_with_one_message_and_others_alone() {
 }
 
 #[tokio::test]
-async fn an_order_that_can_never_be_written_is_rejected_and_leaves_the_queue() {
+async fn an_order_that_can_never_be_written_is_rejected_on_its_last_delivery_and_leaves_the_queue()
+{
     let server = NatsServer::start().expect("nats-server");
     let db = TestDb::new(Backend::Sqlite).await.expect("database");
-    let config = finalprice_testkit::config(&server, &db);
+    let mut config = finalprice_testkit::config(&server, &db);
+    config.worker.retry_delay = Duration::from_millis(20);
+    config.worker.dead_letter_after = 3;
     let worker = Application::build(&config).await.expect("worker");
     let stats = worker.stats();
     let stop = CancellationToken::new();
@@ -410,6 +413,16 @@ async fn an_order_that_can_never_be_written_is_rejected_and_leaves_the_queue() {
     );
     assert_eq!(stats.snapshot().orders_rejected, 1);
     assert_eq!(stats.snapshot().orders_inserted, 0);
+    let (_, mut letters) = dead_letters::open(&config.nats)
+        .await
+        .expect("dead letters");
+    let listed = dead_letters::list(&mut letters).await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].order_id, Some(id));
+    assert_eq!(
+        listed[0].deliveries, "3",
+        "retried like a refused order before it is given up"
+    );
 
     stop.cancel();
     running
