@@ -25,6 +25,10 @@ const CONNECTION_CHECK: Duration = Duration::from_millis(20);
 /// First pause between status polls for a duplicate submission; doubles up to a quarter second.
 const FIRST_POLL: Duration = Duration::from_millis(25);
 
+/// How long one look at the order stream answers every `/readyz`: probes may come from
+/// anywhere and in any number, and each look is a request to nats-server's JetStream API.
+const STREAM_LOOK_FRESH: Duration = Duration::from_secs(1);
+
 /// How a submission ended, short of an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
@@ -85,6 +89,9 @@ pub struct OrderQueue {
     inbox: Arc<Inbox>,
     timeouts: Timeouts,
     metrics: Arc<FrontMetrics>,
+    /// The last look at the stream and when it was taken; held through a look, so probes
+    /// that come meanwhile wait for its answer instead of asking again.
+    stream_look: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
 }
 
 impl OrderQueue {
@@ -106,6 +113,7 @@ impl OrderQueue {
             inbox,
             timeouts,
             metrics,
+            stream_look: Arc::default(),
         })
     }
 
@@ -128,13 +136,22 @@ impl OrderQueue {
     }
 
     /// Whether the order stream answers (for `/readyz`): `get_stream` is one stream-info
-    /// round trip, bounded with its hand-over (see [`Self::status`]).
+    /// round trip, bounded with its hand-over (see [`Self::status`]), taken at most once per
+    /// [`STREAM_LOOK_FRESH`].
     pub async fn stream_reachable(&self) -> bool {
+        let mut look = self.stream_look.lock().await;
+        if let Some((at, reachable)) = *look
+            && at.elapsed() < STREAM_LOOK_FRESH
+        {
+            return reachable;
+        }
         let info = self.js.get_stream(&self.stream_name);
-        matches!(
+        let reachable = matches!(
             tokio::time::timeout(self.timeouts.publish, info).await,
             Ok(Ok(_))
-        )
+        );
+        *look = Some((Instant::now(), reachable));
+        reachable
     }
 
     /// Publishes `order` and waits up to the reply timeout for a worker's confirmation.

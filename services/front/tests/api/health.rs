@@ -2,7 +2,7 @@
 
 use finalprice_testkit::Backend;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_without_worker};
 
 #[tokio::test]
 async fn probes_answer_and_unknown_routes_are_404_and_wrong_methods_405() {
@@ -25,5 +25,28 @@ async fn probes_answer_and_unknown_routes_are_404_and_wrong_methods_405() {
     let page = app.get("/").await;
     assert!(page.headers().contains_key("content-security-policy"));
     assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    app.stop().await;
+}
+
+/// `/readyz` is open to anyone who reaches the front; however many ask at once, nats-server's
+/// JetStream API is asked about the stream once (per second), not once per probe.
+#[tokio::test]
+async fn many_readiness_probes_at_once_cost_nats_server_one_look() {
+    let app = spawn_app_without_worker(Backend::Sqlite).await;
+    let client = finalprice_shared::nats::connect(&app.config.nats, "test")
+        .await
+        .expect("nats");
+    let js = finalprice_shared::nats::jetstream(client, &app.config.nats);
+    let api_requests = async || js.query_account().await.expect("account").requests.total;
+
+    let before = api_requests().await;
+    let probes = (0..200).map(|_| app.get("/readyz"));
+    for answer in futures_util::future::join_all(probes).await {
+        assert_eq!(answer.status(), 200);
+    }
+    let asked = api_requests().await - before;
+
+    // The stream look and the second account query; 200 without the shared look.
+    assert!(asked <= 3, "{asked} JetStream API requests for 200 probes");
     app.stop().await;
 }
