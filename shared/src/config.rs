@@ -183,6 +183,9 @@ pub struct WorkerConfig {
     pub retry_max_delay: Duration,
     /// The delivery on which an order the database refuses is dead-lettered.
     pub dead_letter_after: i64,
+    /// How long one batch's statement may take before it is given up and retried later.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
     /// The worker's `/metrics` listener; port 0 = any free port.
     pub metrics_addr: SocketAddr,
     #[serde(with = "humantime_serde")]
@@ -339,6 +342,9 @@ impl Config {
         }
         if self.worker.dead_letter_after < 1 {
             return Err(invalid("worker.dead_letter_after", "must be at least 1"));
+        }
+        if self.worker.commit_timeout.is_zero() {
+            return Err(invalid("worker.commit_timeout", "must be above 0"));
         }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));

@@ -44,6 +44,8 @@ pub struct BatchContext {
     pub retry_max_delay: Duration,
     /// The delivery on which an order the database refuses is dead-lettered.
     pub dead_letter_after: i64,
+    /// How long a batch's statement may take before it is given up (and the batch retried).
+    pub commit_timeout: Duration,
 }
 
 /// Why an order can never be written. Carries no personal data.
@@ -268,10 +270,18 @@ async fn commit(context: &BatchContext, deliveries: &[Delivery]) -> Result<(), D
     // it every span above) as parent and keep it from ever closing. `db_span` times the
     // statement from outside instead.
     let inserted = commit_orders(&context.db, deliveries.iter().map(|d| &d.order))
-        .instrument(tracing::Span::none())
-        .await;
+        .instrument(tracing::Span::none());
+    // sqlx bounds neither a statement nor a silent connection. Given up, the statement may
+    // still commit; the retry then finds the rows and confirms them, so nothing is lost or
+    // stored twice.
+    let inserted = tokio::time::timeout(context.commit_timeout, inserted).await;
     drop((db_span, waits));
-    let inserted = inserted?;
+    let inserted = inserted.map_err(|_| {
+        DbErr::Custom(format!(
+            "no answer from the database within worker.commit_timeout ({:?})",
+            context.commit_timeout
+        ))
+    })??;
     let fresh = inserted.len() as u64;
     context
         .stats

@@ -145,6 +145,7 @@ impl Application {
             retry_delay: self.config.retry_delay,
             retry_max_delay: self.config.retry_max_delay,
             dead_letter_after: self.config.dead_letter_after,
+            commit_timeout: self.config.commit_timeout,
         };
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let batches = TaskTracker::new();

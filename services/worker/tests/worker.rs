@@ -172,6 +172,59 @@ async fn status_is_accepted_pending_or_unknown() {
     assert_eq!(unknown.state, OrderState::Unknown);
 }
 
+/// A statement that waits on a lock (or a database gone silent) is given up after
+/// `worker.commit_timeout` and the batch retried, instead of holding one of the worker's
+/// batches for as long as the wait lasts; once the lock goes, the order is committed once.
+#[tokio::test]
+async fn a_commit_that_gets_no_answer_is_given_up_and_retried() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let mut h = harness(Backend::Postgres).await;
+    h.config.worker.commit_timeout = Duration::from_millis(200);
+    h.config.worker.retry_delay = Duration::from_millis(50);
+    let connection = h.db.connect().await.expect("connect");
+    let lock = connection.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+
+    let worker = Application::build(&h.config).await.expect("worker");
+    let stats = worker.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
+    let queued = order("89991234569");
+    h.js.publish(order_subject(queued.id), messages::encode(&queued))
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            stats.snapshot().batches_failed >= 2
+        })
+        .await,
+        "given up and tried again while the lock is held: {:?}",
+        stats.snapshot()
+    );
+    assert_eq!(stats.snapshot().orders_inserted, 0);
+    lock.rollback().await.expect("unlock");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count_orders(&connection).await == 1
+        })
+        .await,
+        "committed once the lock is gone"
+    );
+
+    stop.cancel();
+    running
+        .await
+        .expect("joined")
+        .expect("worker stops cleanly");
+    assert_eq!(count_orders(&connection).await, 1);
+    assert_eq!(stats.snapshot().orders_rejected, 0, "an outage, not poison");
+}
+
 /// Makes a replica that lags behind the only one to answer `stream`'s direct gets, as a
 /// follower catching up would be for the messages it lacks: a real mirror (`mirror_direct`) that
 /// holds only a probe on `probe_subject`, with the stream's own direct gets turned off. Returns
