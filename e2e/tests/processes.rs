@@ -62,6 +62,8 @@ impl Stack {
             ("FINALPRICE_HTTP__REPLY_TIMEOUT", "3s".into()),
             // A crashed worker's orders come back to the others after this.
             ("FINALPRICE_NATS__ACK_WAIT", "2s".into()),
+            // Must be under it; above the 1 s commits of the slow-commit tests.
+            ("FINALPRICE_WORKER__COMMIT_TIMEOUT", "1900ms".into()),
             ("FINALPRICE_WORKER__RETRY_DELAY", "100ms".into()),
             ("FINALPRICE_DB__MAX_CONNECTIONS", "4".into()),
         ]

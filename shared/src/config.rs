@@ -181,7 +181,8 @@ pub struct WorkerConfig {
     pub retry_delay: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
-    /// The delivery on which an order the database refuses is dead-lettered.
+    /// The delivery on which an order the database refuses, or a message that is no valid
+    /// order, is dead-lettered.
     pub dead_letter_after: i64,
     /// How long one batch's statement may take before it is given up and retried later.
     #[serde(with = "humantime_serde")]
@@ -346,6 +347,14 @@ impl Config {
         if self.worker.commit_timeout.is_zero() {
             return Err(invalid("worker.commit_timeout", "must be above 0"));
         }
+        // A batch still waiting on its statement when ack_wait ends is delivered to another
+        // worker as well: twice the work on a database that is already slow.
+        if !self.nats.ack_wait.is_zero() && self.worker.commit_timeout >= self.nats.ack_wait {
+            return Err(invalid(
+                "worker.commit_timeout",
+                "must be under nats.ack_wait",
+            ));
+        }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }
@@ -441,6 +450,11 @@ mod tests {
             ("[http]\nreply_timeout = \"soon\"", "reply_timeout"),
             ("[http]\naddr = \"not an address\"", "addr"),
             ("[http]\nbogus = 1", "bogus"),
+            ("[worker]\ncommit_timeout = \"0s\"", "worker.commit_timeout"),
+            (
+                "[nats]\nack_wait = \"5s\"\n[worker]\ncommit_timeout = \"5s\"",
+                "worker.commit_timeout",
+            ),
         ];
         for (toml, key) in cases {
             let error = load_with(toml).expect_err(toml).to_string();

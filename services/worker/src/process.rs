@@ -42,7 +42,8 @@ pub struct BatchContext {
     pub stats: Arc<WorkerStats>,
     pub retry_delay: Duration,
     pub retry_max_delay: Duration,
-    /// The delivery on which an order the database refuses is dead-lettered.
+    /// The delivery on which an order the database refuses, or a message that is no valid
+    /// order, is dead-lettered.
     pub dead_letter_after: i64,
     /// How long a batch's statement may take before it is given up (and the batch retried).
     pub commit_timeout: Duration,

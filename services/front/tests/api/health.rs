@@ -40,13 +40,19 @@ async fn many_readiness_probes_at_once_cost_nats_server_one_look() {
     let api_requests = async || js.query_account().await.expect("account").requests.total;
 
     let before = api_requests().await;
+    let started = std::time::Instant::now();
     let probes = (0..200).map(|_| app.get("/readyz"));
     for answer in futures_util::future::join_all(probes).await {
         assert_eq!(answer.status(), 200);
     }
+    // A look answers for a second: on a slow machine the probes can outlast a few.
+    let looks = started.elapsed().as_secs() + 1;
     let asked = api_requests().await - before;
 
-    // The stream look and the second account query; 200 without the shared look.
-    assert!(asked <= 3, "{asked} JetStream API requests for 200 probes");
+    // The looks and the second account query; 200 without the shared look.
+    assert!(
+        asked <= looks + 1,
+        "{asked} JetStream API requests for 200 probes in {looks} s"
+    );
     app.stop().await;
 }
