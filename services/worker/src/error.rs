@@ -3,7 +3,7 @@
 
 use sea_orm::sqlx;
 use sea_orm::sqlx::sqlite::SqliteError;
-use sea_orm::{DbErr, RuntimeErr};
+use sea_orm::{DbBackend, DbErr, RuntimeErr};
 
 /// The worker's reaction to a database error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +48,9 @@ fn classify_sqlx(error: &sqlx::Error) -> CommitFailure {
             );
             let refused_by_code = database.code().is_some_and(|code| {
                 let backend = if database.try_downcast_ref::<SqliteError>().is_some() {
-                    Backend::Sqlite
+                    DbBackend::Sqlite
                 } else {
-                    Backend::Postgres
+                    DbBackend::Postgres
                 };
                 refused_code(backend, &code)
             });
@@ -65,24 +65,18 @@ fn classify_sqlx(error: &sqlx::Error) -> CommitFailure {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
 /// Whether a database's error code says it refused the data itself. The two backends' codes
 /// overlap as text: SQLite's are decimal numbers, and some of them (22 "no large files",
 /// 23 "not authorized", 2314 a read-lock I/O error) begin like PostgreSQL's refusal classes.
-fn refused_code(backend: Backend, code: &str) -> bool {
-    match backend {
-        // Classes 22 (data exception) and 23 (integrity constraint violation).
-        Backend::Postgres => code.starts_with("22") || code.starts_with("23"),
+fn refused_code(backend: DbBackend, code: &str) -> bool {
+    if backend == DbBackend::Sqlite {
         // 18 (too big), 19 (constraint) and 20 (type mismatch); an extended code keeps its
         // primary code in the low byte.
-        Backend::Sqlite => code
-            .parse::<u32>()
-            .is_ok_and(|code| matches!(code & 0xff, 18..=20)),
+        code.parse::<u32>()
+            .is_ok_and(|code| matches!(code & 0xff, 18..=20))
+    } else {
+        // PostgreSQL classes 22 (data exception) and 23 (integrity constraint violation).
+        code.starts_with("22") || code.starts_with("23")
     }
 }
 
@@ -115,19 +109,19 @@ mod tests {
         // PostgreSQL: unique, not-null, check violations and value too long refuse the data;
         // serialization failure, admin shutdown, lock timeout, query canceled do not.
         for code in ["23505", "23502", "23514", "22001", "22P02"] {
-            assert!(refused_code(Backend::Postgres, code), "{code}");
+            assert!(refused_code(DbBackend::Postgres, code), "{code}");
         }
         for code in ["40001", "57P01", "55P03", "57014", "08006", "53300"] {
-            assert!(!refused_code(Backend::Postgres, code), "{code}");
+            assert!(!refused_code(DbBackend::Postgres, code), "{code}");
         }
         // SQLite: too big, constraint (plain, unique 2067, not-null 1299, check 275), mismatch
         // refuse the data; busy (5, 517), locked (6), I/O read-lock (2314), no large file
         // support (22), not authorized (23), full (13) do not.
         for code in ["18", "19", "2067", "1299", "275", "20"] {
-            assert!(refused_code(Backend::Sqlite, code), "{code}");
+            assert!(refused_code(DbBackend::Sqlite, code), "{code}");
         }
         for code in ["5", "517", "6", "2314", "22", "23", "13", "10"] {
-            assert!(!refused_code(Backend::Sqlite, code), "{code}");
+            assert!(!refused_code(DbBackend::Sqlite, code), "{code}");
         }
     }
 

@@ -123,6 +123,18 @@ struct Harness {
     js: async_nats::jetstream::Context,
 }
 
+impl Harness {
+    /// Puts `order` into the queue as the front does, and waits for its PubAck.
+    async fn enqueue(&self, order: &NewOrder) {
+        self.js
+            .publish(order_subject(order.id), messages::encode(order))
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+    }
+}
+
 async fn harness(backend: Backend) -> Harness {
     let server = NatsServer::start().expect("nats-server");
     let db = TestDb::new(backend).await.expect("database");
@@ -151,11 +163,7 @@ async fn status_is_accepted_pending_or_unknown() {
         .await
         .expect("commit");
     let queued = order("89991234568");
-    h.js.publish(order_subject(queued.id), messages::encode(&queued))
-        .await
-        .expect("publish")
-        .await
-        .expect("PubAck");
+    h.enqueue(&queued).await;
 
     let accepted = lookup(&connection, &stream, committed.id)
         .await
@@ -192,11 +200,7 @@ async fn a_commit_that_gets_no_answer_is_given_up_and_retried() {
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
     let queued = order("89991234569");
-    h.js.publish(order_subject(queued.id), messages::encode(&queued))
-        .await
-        .expect("publish")
-        .await
-        .expect("PubAck");
+    h.enqueue(&queued).await;
 
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -276,11 +280,7 @@ async fn a_replica_that_lags_behind_cannot_make_a_queued_order_unknown() {
     let connection = h.db.connect().await.expect("connect");
 
     let queued = order("89991234568");
-    h.js.publish(order_subject(queued.id), messages::encode(&queued))
-        .await
-        .expect("publish")
-        .await
-        .expect("PubAck");
+    h.enqueue(&queued).await;
     // The probe is taken from the work queue by the mirror; no order is.
     answered_by_a_replica_behind(
         &h.js,
