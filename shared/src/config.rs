@@ -51,6 +51,7 @@ pub struct Config {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// One server, or several separated by commas (see [`NatsConfig::servers`]).
     pub url: String,
     /// User and password authentication; the password may come from `password_file`.
     pub user: String,
@@ -69,6 +70,13 @@ pub struct NatsConfig {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How often the client pings its server; three unanswered pings drop the connection.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long the front may try to get an order's PubAck, retries included; zero means "by
+    /// topology" (see [`NatsConfig::publish_bound`]).
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
     /// 0 keeps the value of `nats/stream-orders.json`.
     pub stream_max_messages: i64,
     /// 0 keeps the value of `nats/stream-orders.json`.
@@ -94,7 +102,41 @@ impl fmt::Debug for NatsConfig {
             .field("creds_file", &self.creds_file)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("stream_replicas", &self.stream_replicas)
             .finish_non_exhaustive()
+    }
+}
+
+/// The publish bound when `nats.publish_timeout` is left to the topology and the stream is
+/// replicated: a stream leader that dies is replaced after its followers wait 4–9 s (nats-server's
+/// election timeout), and a publish retried within this bound lands on the new leader.
+pub const REPLICATED_PUBLISH_BOUND: Duration = Duration::from_secs(12);
+
+impl NatsConfig {
+    /// The servers `url` lists, each trimmed; a comma-separated list names a cluster's nodes.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|server| !server.is_empty())
+            .collect()
+    }
+
+    /// How long the front tries to get an order's PubAck before it answers 503:
+    /// `publish_timeout` when set, otherwise by topology — one try's `request_timeout` on an
+    /// unreplicated stream (a single node has no election to wait out, and a node that is down
+    /// stays down for longer than a shopper should wait), [`REPLICATED_PUBLISH_BOUND`] on a
+    /// replicated one.
+    pub fn publish_bound(&self) -> Duration {
+        if !self.publish_timeout.is_zero() {
+            self.publish_timeout
+        } else if self.stream_replicas > 1 {
+            REPLICATED_PUBLISH_BOUND.max(self.request_timeout)
+        } else {
+            self.request_timeout
+        }
     }
 }
 
@@ -253,19 +295,38 @@ impl Config {
                 problem: problem.into(),
             }
         }
-        if !(self.nats.url.starts_with("nats://")
-            || self.nats.url.starts_with("tls://")
-            || self.nats.url.starts_with("ws://")
-            || self.nats.url.starts_with("wss://")
-            || !self.nats.url.contains("://"))
-        {
-            return Err(invalid(
-                "nats.url",
-                "must be a nats:// (or tls://, ws://) URL",
-            ));
+        let servers = self.nats.servers();
+        if servers.is_empty() {
+            return Err(invalid("nats.url", "names no server"));
+        }
+        for server in servers {
+            let scheme_known = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| server.starts_with(scheme))
+                || !server.contains("://");
+            if !scheme_known || server.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(invalid(
+                    "nats.url",
+                    format!(
+                        "`{}` is not a nats:// (or tls://, ws://) URL; several are separated by commas",
+                        redact_url_password(server)
+                    ),
+                ));
+            }
         }
         if self.nats.request_timeout.is_zero() {
             return Err(invalid("nats.request_timeout", "must be above 0"));
+        }
+        if self.nats.ping_interval.is_zero() {
+            return Err(invalid("nats.ping_interval", "must be above 0"));
+        }
+        if !self.nats.publish_timeout.is_zero()
+            && self.nats.publish_timeout < self.nats.request_timeout
+        {
+            return Err(invalid(
+                "nats.publish_timeout",
+                "must be 0s (by topology) or at least nats.request_timeout",
+            ));
         }
         if self.nats.stream_max_messages < 0 || self.nats.stream_max_bytes < 0 {
             return Err(invalid(
@@ -451,6 +512,10 @@ mod tests {
             ("[http]\naddr = \"not an address\"", "addr"),
             ("[http]\nbogus = 1", "bogus"),
             ("[worker]\ncommit_timeout = \"0s\"", "worker.commit_timeout"),
+            ("[nats]\nurl = \"http://x:4222\"", "nats.url"),
+            ("[nats]\nurl = \"nats://a:4222,mysql://b\"", "nats.url"),
+            ("[nats]\nurl = \" , \"", "nats.url"),
+            ("[nats]\npublish_timeout = \"1s\"", "nats.publish_timeout"),
             (
                 "[nats]\nack_wait = \"5s\"\n[worker]\ncommit_timeout = \"5s\"",
                 "worker.commit_timeout",
@@ -481,6 +546,27 @@ mod tests {
             assert_eq!(config.worker.batch_size, 64);
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_list_of_servers_is_read_as_a_cluster() {
+        let config = load_with("[nats]\nurl = \"nats://a:4222, nats://b:4222,tls://c:4222\"")
+            .expect("valid");
+        assert_eq!(
+            config.nats.servers(),
+            ["nats://a:4222", "nats://b:4222", "tls://c:4222"]
+        );
+    }
+
+    #[test]
+    fn the_publish_bound_follows_the_topology_unless_set() {
+        let single = load_with("").expect("valid");
+        assert_eq!(single.nats.publish_bound(), single.nats.request_timeout);
+        let replicated = load_with("[nats]\nstream_replicas = 3").expect("valid");
+        assert_eq!(replicated.nats.publish_bound(), REPLICATED_PUBLISH_BOUND);
+        let set =
+            load_with("[nats]\nstream_replicas = 3\npublish_timeout = \"4s\"").expect("valid");
+        assert_eq!(set.nats.publish_bound(), Duration::from_secs(4));
     }
 
     #[test]

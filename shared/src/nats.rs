@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{Client, ConnectOptions, Subscriber};
 
-use crate::config::{NatsConfig, secret};
+use crate::config::{NatsConfig, redact_url_password, secret};
 
 /// `nats/stream-orders.json`: the work-queue stream of orders.
 pub const ORDERS_STREAM_JSON: &str = include_str!("../../nats/stream-orders.json");
@@ -159,9 +159,54 @@ pub fn dead_letter_stream_config(config: &NatsConfig) -> Result<stream::Config, 
     Ok(stream)
 }
 
-/// Connects with the settings both services share. The connection is made in the background
-/// and retried forever, so a service starts (and answers 503) while nats-server is down.
+/// Connects with the settings both services share, to any of the servers `url` lists. The
+/// connection is made in the background and retried forever, so a service starts (and answers
+/// 503) while nats-server is down.
 pub async fn connect(config: &NatsConfig, default_name: &str) -> Result<Client, SetupError> {
+    options(config, default_name)
+        .await?
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        // Reconnect quickly: a restarted nats-server should be used again within a second, and
+        // a dropped connection to a live one (a load balancer's reset) at once, since fronts
+        // hold orders back while disconnected.
+        .reconnect_delay_callback(|attempts| {
+            let waits = (attempts as u64).saturating_sub(1);
+            Duration::from_millis(waits.saturating_mul(100).min(1000))
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to nats-server"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from nats-server"),
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(sid, "slow consumer: a subscription dropped messages")
+                }
+                other => tracing::debug!(event = %other, "nats event"),
+            }
+        })
+        .connect(config.servers())
+        .await
+        .map_err(|source| SetupError::Connect {
+            url: redact_url_password(&config.url),
+            source,
+        })
+}
+
+/// Connects to `server` alone, once, without retrying: for looking at one node of a cluster.
+pub async fn connect_to_one(config: &NatsConfig, server: &str) -> Result<Client, SetupError> {
+    options(config, "finalprice-status")
+        .await?
+        .max_reconnects(Some(0))
+        .connect(server)
+        .await
+        .map_err(|source| SetupError::Connect {
+            url: redact_url_password(server),
+            source,
+        })
+}
+
+/// Credentials, name and time bounds from `config`.
+async fn options(config: &NatsConfig, default_name: &str) -> Result<ConnectOptions, SetupError> {
     let name = if config.client_name.is_empty() {
         default_name
     } else {
@@ -187,35 +232,11 @@ pub async fn connect(config: &NatsConfig, default_name: &str) -> Result<Client, 
     {
         options = options.token(token);
     }
-    options
+    Ok(options
         .name(name)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
+        .ping_interval(config.ping_interval)
         .connection_timeout(config.connect_timeout)
-        .request_timeout(Some(config.request_timeout))
-        // Reconnect quickly: a restarted nats-server should be used again within a second, and
-        // a dropped connection to a live one (a load balancer's reset) at once, since fronts
-        // hold orders back while disconnected.
-        .reconnect_delay_callback(|attempts| {
-            let waits = (attempts as u64).saturating_sub(1);
-            Duration::from_millis(waits.saturating_mul(100).min(1000))
-        })
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to nats-server"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from nats-server"),
-                async_nats::Event::SlowConsumer(sid) => {
-                    tracing::warn!(sid, "slow consumer: a subscription dropped messages")
-                }
-                other => tracing::debug!(event = %other, "nats event"),
-            }
-        })
-        .connect(&config.url)
-        .await
-        .map_err(|source| SetupError::Connect {
-            url: config.url.clone(),
-            source,
-        })
+        .request_timeout(Some(config.request_timeout)))
 }
 
 /// A JetStream context whose API calls and PubAck waits are bounded by `request_timeout`.
@@ -258,6 +279,61 @@ async fn ensure_stream(
             name,
             source: source.into(),
         })
+}
+
+/// First pause of [`until_set_up`]; it doubles up to [`SETUP_MAX_PAUSE`].
+const SETUP_FIRST_PAUSE: Duration = Duration::from_millis(250);
+const SETUP_MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// Runs `setup` (stream and consumer creation) until it succeeds, pausing longer after each
+/// failure and saying so at warn level each time.
+///
+/// A cluster that is still forming, or electing a meta leader after losing one, answers the
+/// JetStream API with time-outs or "temporarily unavailable" for seconds; a service started then
+/// must wait for it rather than exit (or run half set up). A definition in `nats/` that does
+/// not parse never gets better, so that error is returned at once.
+pub async fn until_set_up<T, F, Fut>(what: &str, mut setup: F) -> Result<T, SetupError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SetupError>>,
+{
+    let mut pause = SETUP_FIRST_PAUSE;
+    for attempt in 1u32.. {
+        match setup().await {
+            Ok(done) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "{what}: ready");
+                }
+                return Ok(done);
+            }
+            Err(error @ (SetupError::Definition { .. } | SetupError::Credentials(_))) => {
+                return Err(error);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    attempt,
+                    retry_in = ?pause,
+                    error = %error_chain(&error),
+                    "{what}: JetStream not ready; retrying"
+                );
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SETUP_MAX_PAUSE);
+    }
+    unreachable!("the attempts are counted without end")
+}
+
+/// `error: source: source…`, for one log line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Makes the shared `workers` consumer exist as defined, on an existing stream.
