@@ -56,6 +56,8 @@ pub enum PublishFailure {
     /// client, so nothing goes out after the reconnect.
     Disconnected,
     StreamNotFound,
+    /// JetStream answered "temporarily unavailable": a cluster without a leader.
+    Unavailable,
     NoAck,
     BrokenPipe,
     TooManyInFlight,
@@ -101,6 +103,7 @@ pub struct FrontMetrics {
     idle_connections: Gauge,
     confirmation_wait_seconds: Family<WaitLabels, Histogram>,
     publish_failures: Family<FailureLabels, Counter>,
+    publish_retries: Family<FailureLabels, Counter>,
 }
 
 impl Default for FrontMetrics {
@@ -114,6 +117,7 @@ impl Default for FrontMetrics {
         let confirmation_wait_seconds =
             Family::<WaitLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
         let publish_failures = Family::default();
+        let publish_retries = Family::default();
         let mut root = Registry::default();
         ProcessCollector::register(&mut root);
         let registry = root.sub_registry_with_prefix("finalprice_front");
@@ -152,6 +156,12 @@ impl Default for FrontMetrics {
             "Orders that got no PubAck, by reason",
             publish_failures.clone(),
         );
+        registry.register(
+            "publish_retries",
+            "Publishes tried again within the publish bound (a stream leader election, a lost \
+             connection), by what the try before got",
+            publish_retries.clone(),
+        );
         Self {
             registry: root,
             requests,
@@ -161,6 +171,7 @@ impl Default for FrontMetrics {
             idle_connections,
             confirmation_wait_seconds,
             publish_failures,
+            publish_retries,
         }
     }
 }
@@ -198,6 +209,12 @@ impl FrontMetrics {
         self.confirmation_wait_seconds
             .get_or_create(&WaitLabels { outcome })
             .observe(took.as_secs_f64());
+    }
+
+    pub fn publish_retried(&self, kind: PublishFailure) {
+        self.publish_retries
+            .get_or_create(&FailureLabels { kind })
+            .inc();
     }
 
     pub fn publish_failed(&self, kind: PublishFailure) {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, stream};
 use async_nats::{Client, HeaderMap, StatusCode};
 use finalprice_shared::messages::{
     self, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, REPLY_TOKEN_HEADER,
@@ -21,6 +23,10 @@ use crate::metrics::{FrontMetrics, PublishFailure, WaitOutcome};
 
 /// How often a request that waits for the NATS connection looks at it again.
 const CONNECTION_CHECK: Duration = Duration::from_millis(20);
+
+/// First pause before a publish is tried again; it doubles up to [`MAX_PUBLISH_RETRY`].
+const FIRST_PUBLISH_RETRY: Duration = Duration::from_millis(50);
+const MAX_PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 /// First pause between status polls for a duplicate submission; doubles up to a quarter second.
 const FIRST_POLL: Duration = Duration::from_millis(25);
@@ -70,7 +76,7 @@ pub enum StatusError {
 /// How long each step of the order path may take before the front answers without it.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// Handing the order to JetStream until its PubAck.
+    /// Handing the order to JetStream until its PubAck, tries again included.
     pub publish: Duration,
     /// The worker's confirmation after the PubAck.
     pub reply: Duration,
@@ -158,16 +164,6 @@ impl OrderQueue {
     /// `Ok` only once the order is durable in the stream; `Accepted` only once it is committed.
     pub async fn submit(&self, order: &NewOrder) -> Result<Submitted, SubmitError> {
         let mut waiter = self.inbox.register();
-        let mut headers = HeaderMap::new();
-        let mut id = Uuid::encode_buffer();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            &*order.id.hyphenated().encode_lower(&mut id),
-        );
-        headers.insert(REPLY_TO_HEADER, waiter.subject());
-        // Lets the worker answer this order together with the batch's others for this front.
-        headers.insert(REPLY_TOKEN_HEADER, waiter.token_text());
-
         let publish_span = tracing::info_span!(
             "orders publish",
             otel.kind = "producer",
@@ -176,37 +172,11 @@ impl OrderQueue {
             messaging.destination.name = "orders",
             messaging.message.id = %order.id,
         );
-        let ack = async {
-            telemetry::nats::inject_current(&mut headers);
-            let publish = async {
-                // While nats-server is away the client queues what it is given and sends it
-                // after the reconnect: an order answered 503 ("not taken, try again") would
-                // then be stored after all, and once the queue is full every send waits for
-                // the server. So nothing is handed over until the client is connected; a
-                // reconnect within the bound costs a wait, not a refusal. (A connection lost
-                // just after this look can still carry the order out later; a retry with the
-                // same key is the same order.)
-                self.until_connected().await;
-                self.js
-                    .publish_with_headers(order_subject(order.id), headers, messages::encode(order))
-                    .await?
-                    .await
-            };
-            // Boxed: its ~1 KB of state is freed at the PubAck instead of being reserved in
-            // every request's future through the whole (longer) confirmation wait.
-            let publish = Box::pin(publish);
-            // The first await may wait for an in-flight permit with no bound of its own.
-            let failure = match tokio::time::timeout(self.timeouts.publish, publish).await {
-                Ok(Ok(ack)) => return Ok(ack),
-                Ok(Err(error)) => publish_failure(error.kind()),
-                Err(_) if !self.connected() => PublishFailure::Disconnected,
-                Err(_) => PublishFailure::NoAck,
-            };
-            self.metrics.publish_failed(failure);
-            Err(SubmitError::Unavailable(failure))
-        }
-        .instrument(publish_span)
-        .await?;
+        // Boxed: its state is freed at the PubAck instead of being reserved in every request's
+        // future through the whole (longer) confirmation wait.
+        let ack = Box::pin(self.publish(order, &waiter))
+            .instrument(publish_span)
+            .await?;
 
         let waiting_since = Instant::now();
         let deadline = waiting_since + self.timeouts.reply;
@@ -228,6 +198,57 @@ impl OrderQueue {
         self.metrics
             .confirmation_waited(outcome, waiting_since.elapsed());
         submitted
+    }
+
+    /// Hands `order` to the stream until its PubAck, trying again within the publish bound
+    /// when a try fails in a way that passes: a stream leader being elected ("no responders",
+    /// "temporarily unavailable", no answer), a connection lost. Every try carries the same
+    /// `Nats-Msg-Id`, so a try whose PubAck was lost but which was stored is not stored again.
+    async fn publish(&self, order: &NewOrder, waiter: &Waiter) -> Result<PublishAck, SubmitError> {
+        let deadline = Instant::now() + self.timeouts.publish;
+        let payload = messages::encode(order);
+        let mut pause = FIRST_PUBLISH_RETRY;
+        loop {
+            let mut headers = HeaderMap::new();
+            let mut id = Uuid::encode_buffer();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                &*order.id.hyphenated().encode_lower(&mut id),
+            );
+            headers.insert(REPLY_TO_HEADER, waiter.subject());
+            // Lets the worker answer this order together with the batch's others for this front.
+            headers.insert(REPLY_TOKEN_HEADER, waiter.token_text());
+            telemetry::nats::inject_current(&mut headers);
+            let attempt = async {
+                // While nats-server is away the client queues what it is given and sends it
+                // after the reconnect: an order answered 503 ("not taken, try again") would
+                // then be stored after all, and once the queue is full every send waits for
+                // the server. So nothing is handed over until the client is connected; a
+                // reconnect within the bound costs a wait, not a refusal. (A connection lost
+                // just after this look can still carry the order out later; a retry with the
+                // same key is the same order.)
+                self.until_connected().await;
+                self.js
+                    .publish_with_headers(order_subject(order.id), headers, payload.clone())
+                    .await?
+                    .await
+            };
+            // The first await may wait for an in-flight permit with no bound of its own.
+            let failure = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Err(error)) => publish_failure(&error),
+                Err(_) if !self.connected() => PublishFailure::Disconnected,
+                Err(_) => PublishFailure::NoAck,
+            };
+            if !passes(failure) || Instant::now() + pause >= deadline {
+                self.metrics.publish_failed(failure);
+                return Err(SubmitError::Unavailable(failure));
+            }
+            tracing::debug!(?failure, ?pause, "publish failed; trying again");
+            self.metrics.publish_retried(failure);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PUBLISH_RETRY);
+        }
     }
 
     async fn await_confirmation(
@@ -361,9 +382,20 @@ impl OrderQueue {
     }
 }
 
+/// JetStream API error codes that mean "not now" rather than "no": the cluster has no
+/// meta leader (10008) or this server cannot serve the request yet (10009).
+const PASSING_API_ERRORS: [u64; 2] = [10008, 10009];
+
 /// Each way a publish can fail, as a metric label (every kind maps to 503 alike).
-fn publish_failure(kind: PublishErrorKind) -> PublishFailure {
-    match kind {
+fn publish_failure(error: &PublishError) -> PublishFailure {
+    match error.kind() {
+        PublishErrorKind::Other
+            if std::error::Error::source(error)
+                .and_then(|source| source.downcast_ref::<jetstream::Error>())
+                .is_some_and(|api| PASSING_API_ERRORS.contains(&api.error_code().0)) =>
+        {
+            PublishFailure::Unavailable
+        }
         PublishErrorKind::StreamNotFound => PublishFailure::StreamNotFound,
         PublishErrorKind::TimedOut => PublishFailure::NoAck,
         PublishErrorKind::BrokenPipe => PublishFailure::BrokenPipe,
@@ -374,5 +406,22 @@ fn publish_failure(kind: PublishErrorKind) -> PublishFailure {
         }
         // The server refused: with `discard: new`, a full stream ends here.
         PublishErrorKind::Other => PublishFailure::Refused,
+    }
+}
+
+/// Whether a publish that failed this way may succeed if tried again soon. "No responders"
+/// also means a stream that does not exist; tried again it costs the bound, as a stream a
+/// front has not created yet may soon be there.
+fn passes(failure: PublishFailure) -> bool {
+    match failure {
+        PublishFailure::StreamNotFound
+        | PublishFailure::Unavailable
+        | PublishFailure::NoAck
+        | PublishFailure::BrokenPipe
+        | PublishFailure::Disconnected => true,
+        PublishFailure::TooManyInFlight
+        | PublishFailure::TooLarge
+        | PublishFailure::Expectation
+        | PublishFailure::Refused => false,
     }
 }

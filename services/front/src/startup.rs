@@ -61,7 +61,7 @@ impl Application {
             .await
             .context("cannot subscribe the reply inbox")?;
         let timeouts = Timeouts {
-            publish: config.nats.request_timeout,
+            publish: config.nats.publish_bound(),
             reply: config.http.reply_timeout,
             status: config.http.status_timeout,
         };
@@ -237,16 +237,13 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Keeps trying to create the stream until nats-server is reachable.
+/// Keeps trying to create the stream until JetStream answers (nats-server down, or a cluster
+/// still electing its leaders); `/readyz` says 503 meanwhile.
 async fn ensure_stream_later(js: jetstream::Context, config: NatsConfig) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        match nats::ensure_orders_stream(&js, &config).await {
-            Ok(_) => {
-                tracing::info!("order stream ready");
-                return;
-            }
-            Err(error) => tracing::debug!(error = %error, "order stream still not ready"),
-        }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    match nats::until_set_up("order stream", || nats::ensure_orders_stream(&js, &config)).await {
+        Ok(_) => tracing::info!("order stream ready"),
+        // A definition that does not parse was already refused by `build`.
+        Err(error) => tracing::error!(%error, "order stream cannot be set up"),
     }
 }
