@@ -28,6 +28,9 @@ use crate::status;
 /// worker waits it out instead of abandoning a pull the server might still fill.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// Failed pulls in a row after which the worker binds its consumer again.
+const REBIND_AFTER_FAILURES: u32 = 5;
+
 /// A worker, connected and bound to the shared consumer, not yet pulling.
 #[derive(Debug)]
 pub struct Application {
@@ -37,6 +40,7 @@ pub struct Application {
     stream: stream::Stream,
     consumer: PullConsumer,
     config: WorkerConfig,
+    nats: finalprice_shared::config::NatsConfig,
     /// Bound of one NATS request; a pull may take the idle poll plus two of these.
     request_timeout: Duration,
     stats: Arc<WorkerStats>,
@@ -73,11 +77,14 @@ impl Application {
             .await
             .context("cannot subscribe to pings")?;
         let js = nats::jetstream(client.clone(), &config.nats);
-        let stream = nats::ensure_orders_stream(&js, &config.nats)
-            .await
-            .context("is nats-server running with JetStream enabled?")?;
-        nats::ensure_dead_letter_stream(&js, &config.nats).await?;
-        let consumer = nats::ensure_workers_consumer(&stream, &config.nats).await?;
+        // Until JetStream answers: nats-server starting, or a cluster electing its leaders. The
+        // metrics listener (and its /healthz) is bound only after, so a health check says "not
+        // up" meanwhile.
+        let (stream, consumer) = nats::until_set_up("order streams and workers' consumer", || {
+            set_up_streams(&js, &config.nats)
+        })
+        .await
+        .context("is nats-server running with JetStream enabled?")?;
         let metrics = metrics::bind(config.worker.metrics_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.worker.metrics_addr))?;
@@ -91,6 +98,7 @@ impl Application {
             stream,
             consumer,
             config: config.worker.clone(),
+            nats: config.nats.clone(),
             request_timeout: config.nats.request_timeout,
             stats: Arc::default(),
         })
@@ -156,6 +164,7 @@ impl Application {
         );
         let pull_deadline = IDLE_POLL + self.config.batch_linger + self.request_timeout * 2;
         let mut failures = 0u32;
+        let mut consumer = self.consumer.clone();
         while !shutdown.is_cancelled() {
             // A permit first: a batch is only pulled when it can be worked on at once, so no
             // order sits in this process while its ack_wait runs out.
@@ -170,18 +179,44 @@ impl Application {
                 // Bounded as a whole: with nats-server gone a pull can wait on a reply that
                 // never comes, and a stopping worker must not wait on it.
                 let deadline = Instant::now() + pull_deadline;
-                next_batch(&self.consumer, &self.config, deadline).await
+                next_batch(&consumer, &self.config, deadline).await
             } else {
                 Err("not connected to nats-server".into())
             };
             let batch = match pulled {
                 Ok(batch) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "pulling orders again");
+                    }
                     failures = 0;
                     batch
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
+                    self.stats.pull_failed();
                     tracing::warn!(error = %error, failures, "pulling orders failed; retrying");
+                    // A consumer that stays unknown across a leader change (nats-server has lost
+                    // durable consumers there before) is made again from its definition;
+                    // creating an existing one as defined changes nothing.
+                    if failures.is_multiple_of(REBIND_AFTER_FAILURES)
+                        && self.client.connection_state() == State::Connected
+                    {
+                        match tokio::time::timeout(
+                            self.request_timeout * 2,
+                            nats::ensure_workers_consumer(&self.stream, &self.nats),
+                        )
+                        .await
+                        {
+                            Ok(Ok(again)) => {
+                                tracing::info!("bound to the workers' consumer again");
+                                consumer = again;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::warn!(error = %error, "cannot bind the workers' consumer yet")
+                            }
+                            Err(_) => tracing::warn!("binding the workers' consumer timed out"),
+                        }
+                    }
                     let backoff = Duration::from_millis(100 * u64::from(failures.min(20)));
                     tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -220,6 +255,17 @@ impl Application {
         tracing::info!("worker stopped");
         Ok(())
     }
+}
+
+/// The order stream, the dead-letter stream and the workers' consumer, as `nats/` defines them.
+async fn set_up_streams(
+    js: &jetstream::Context,
+    config: &finalprice_shared::config::NatsConfig,
+) -> Result<(stream::Stream, PullConsumer), nats::SetupError> {
+    let stream = nats::ensure_orders_stream(js, config).await?;
+    nats::ensure_dead_letter_stream(js, config).await?;
+    let consumer = nats::ensure_workers_consumer(&stream, config).await?;
+    Ok((stream, consumer))
 }
 
 /// How often the consumer's backlog is read for the lag gauges.

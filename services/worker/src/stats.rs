@@ -37,6 +37,7 @@ pub struct WorkerStats {
     commit_seconds: Histogram,
     consumer_pending: Gauge,
     consumer_ack_pending: Gauge,
+    pulls_failed: Counter,
 }
 
 impl Default for WorkerStats {
@@ -52,6 +53,7 @@ impl Default for WorkerStats {
             commit_seconds: Histogram::new(duration_buckets()),
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
+            pulls_failed: Counter::default(),
         }
     }
 }
@@ -71,6 +73,8 @@ pub struct StatsSnapshot {
     pub batches_failed: u64,
     /// Deliveries that were not the message's first.
     pub redeliveries: u64,
+    /// Pulls that failed and were retried.
+    pub pulls_failed: u64,
 }
 
 impl WorkerStats {
@@ -127,6 +131,12 @@ impl WorkerStats {
             "Orders delivered to workers and not yet acked",
             self.consumer_ack_pending.clone(),
         );
+        registry.register(
+            "pulls_failed",
+            "Pulls that failed (no connection, a consumer leader change, a server gone), each \
+             retried after a growing pause",
+            self.pulls_failed.clone(),
+        );
     }
 
     pub(crate) fn delivered(&self, redelivered: u64) {
@@ -139,6 +149,10 @@ impl WorkerStats {
         self.orders_already_committed.inc_by(already);
         self.batch_size.observe((inserted + already) as f64);
         self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn pull_failed(&self) {
+        self.pulls_failed.inc();
     }
 
     pub(crate) fn dead_lettered(&self) {
@@ -176,6 +190,7 @@ impl WorkerStats {
             orders_rejected: self.orders_dead_lettered.get(),
             batches_failed: failed(FailureKind::Transient) + failed(FailureKind::Permanent),
             redeliveries: self.redeliveries.get(),
+            pulls_failed: self.pulls_failed.get(),
         }
     }
 }
