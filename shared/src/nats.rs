@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{self, ErrorCode, consumer, stream};
 use async_nats::{Client, ConnectOptions, Subscriber};
 
 use crate::config::{NatsConfig, redact_url_password, secret};
@@ -251,7 +252,7 @@ pub async fn ensure_orders_stream(
     js: &jetstream::Context,
     config: &NatsConfig,
 ) -> Result<stream::Stream, SetupError> {
-    ensure_stream(js, orders_stream_config(config)?).await
+    ensure_stream(js, orders_stream_config(config)?, config.stream_replicas).await
 }
 
 /// Makes the `ORDERS_DLQ` stream exist as defined.
@@ -259,26 +260,48 @@ pub async fn ensure_dead_letter_stream(
     js: &jetstream::Context,
     config: &NatsConfig,
 ) -> Result<stream::Stream, SetupError> {
-    ensure_stream(js, dead_letter_stream_config(config)?).await
+    ensure_stream(js, dead_letter_stream_config(config)?, config.stream_replicas).await
 }
 
+/// Creates the stream `definition` describes, or brings an existing one to it. With
+/// `replicas` 0 (not configured) an existing stream keeps its replica count: an operator's
+/// command run without `FINALPRICE_NATS__STREAM_REPLICAS` must not scale a cluster's R3 streams
+/// down to the file's R1. Only "no such stream" leads to a creation; any other failure to look
+/// (a time-out during an election) is an error, never a reason to assume the file's count.
 async fn ensure_stream(
     js: &jetstream::Context,
-    definition: stream::Config,
+    mut definition: stream::Config,
+    replicas: usize,
 ) -> Result<stream::Stream, SetupError> {
     let name = definition.name.clone();
-    js.create_or_update_stream(definition)
-        .await
-        .map_err(|source| SetupError::Stream {
-            name: name.clone(),
-            source: source.into(),
-        })?;
+    let failed = |source: async_nats::Error| SetupError::Stream {
+        name: name.clone(),
+        source,
+    };
+    match js.get_stream(&name).await {
+        Ok(existing) => {
+            if replicas == 0 {
+                definition.num_replicas = existing.cached_info().config.num_replicas;
+            }
+            js.update_stream(definition)
+                .await
+                .map_err(|error| failed(error.into()))?;
+        }
+        Err(error)
+            if matches!(
+                error.kind(),
+                GetStreamErrorKind::JetStream(api) if api.error_code() == ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            js.create_stream(definition)
+                .await
+                .map_err(|error| failed(error.into()))?;
+        }
+        Err(error) => return Err(failed(error.into())),
+    }
     js.get_stream(&name)
         .await
-        .map_err(|source| SetupError::Stream {
-            name,
-            source: source.into(),
-        })
+        .map_err(|error| failed(error.into()))
 }
 
 /// First pause of [`until_set_up`]; it doubles up to [`SETUP_MAX_PAUSE`].

@@ -1,5 +1,6 @@
-//! `finalprice-worker status`: the state of the order path as operators need it — the queue,
-//! the consumer's backlog, the dead letters, and which fronts and workers are alive.
+//! `finalprice-worker status`: the state of the order path as operators need it — each NATS
+//! server, the queue and its replicas, the consumer's backlog, the dead letters, and which
+//! fronts and workers are alive.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -13,9 +14,17 @@ use finalprice_shared::{nats, presence};
 /// How long `status` listens for fronts and workers answering its ping.
 const PING_WINDOW: Duration = Duration::from_millis(500);
 
+/// How long one NATS server may take to answer `status` before it is shown as not answering:
+/// a hung server (stopped, swapping) still accepts TCP connections, so only an answer counts.
+const SERVER_ANSWER_WITHIN: Duration = Duration::from_millis(1500);
+
 /// The numbers `status` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// Each server `NATS_URL` lists, as it answered.
+    pub servers: Vec<ServerState>,
+    /// The order stream's RAFT group; `None` on a single server.
+    pub stream_group: Option<Group>,
     /// Orders in `ORDERS`: waiting for a worker or being committed.
     pub queued: u64,
     pub queued_bytes: u64,
@@ -26,9 +35,85 @@ pub struct Report {
     pub alive: Vec<Presence>,
 }
 
+/// One server of `NATS_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    /// As `NATS_URL` gives it, without a password.
+    pub url: String,
+    /// The `server_name` it answered with; `None`: it did not answer.
+    pub name: Option<String>,
+}
+
+/// A replicated stream's or consumer's RAFT group: who leads, and how each other replica is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// `None`: no leader at the moment (an election is under way, or quorum is lost).
+    pub leader: Option<String>,
+    pub replicas: Vec<Replica>,
+}
+
+/// A follower of a [`Group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub name: String,
+    /// Caught up with the leader.
+    pub current: bool,
+    /// The group considers it gone.
+    pub offline: bool,
+    /// Operations it is behind the leader.
+    pub lag: u64,
+    /// Since the leader last heard from it.
+    pub seen_ago: Duration,
+}
+
+impl Group {
+    fn from_info(info: Option<&jetstream::stream::ClusterInfo>) -> Option<Self> {
+        // A single server reports a group of one with no replicas, or none at all.
+        let info = info.filter(|info| info.leader.is_some() || !info.replicas.is_empty())?;
+        Some(Self {
+            leader: info.leader.clone(),
+            replicas: info
+                .replicas
+                .iter()
+                .map(|peer| Replica {
+                    name: peer.name.clone(),
+                    current: peer.current,
+                    offline: peer.offline,
+                    lag: peer.lag.unwrap_or(0),
+                    seen_ago: peer.active,
+                })
+                .collect(),
+        })
+    }
+
+    fn render(&self) -> String {
+        let mut out = match &self.leader {
+            Some(leader) => format!("leader {leader}"),
+            None => "NO LEADER (an election is under way, or quorum is lost)".to_owned(),
+        };
+        for replica in &self.replicas {
+            let state = if replica.offline {
+                "OFFLINE".to_owned()
+            } else if replica.current {
+                "current".to_owned()
+            } else {
+                format!(
+                    "LAGGING by {} operation(s), seen {:.1}s ago",
+                    replica.lag,
+                    replica.seen_ago.as_secs_f64()
+                )
+            };
+            let _ = write!(out, "; {} {state}", replica.name);
+        }
+        out
+    }
+}
+
 /// The shared consumer's backlog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerState {
+    /// The consumer's RAFT group; `None` on a single server.
+    pub group: Option<Group>,
     /// Not yet delivered to any worker (the lag).
     pub pending: u64,
     /// Delivered, not yet acked.
@@ -39,8 +124,27 @@ pub struct ConsumerState {
     pub waiting: usize,
 }
 
+/// Asks each server of `NATS_URL` on its own connection for its name.
+async fn servers(config: &NatsConfig) -> Vec<ServerState> {
+    let looks = config.servers().into_iter().map(|server| async move {
+        let answered = tokio::time::timeout(SERVER_ANSWER_WITHIN, async {
+            let client = nats::connect_to_one(config, server).await.ok()?;
+            // The INFO of the connect may be an earlier one's; a flush is this server's answer.
+            client.flush().await.ok()?;
+            Some(client.server_info().server_name)
+        })
+        .await;
+        ServerState {
+            url: finalprice_shared::config::redact_url_password(server),
+            name: answered.ok().flatten(),
+        }
+    });
+    futures_util::future::join_all(looks).await
+}
+
 /// Reads the report from NATS.
 pub async fn read(config: &NatsConfig) -> anyhow::Result<Report> {
+    let servers = servers(config).await;
     let client = nats::connect(config, "finalprice-status").await?;
     let js = nats::jetstream(client.clone(), config);
     let orders = nats::orders_stream_config(config)?;
@@ -55,6 +159,7 @@ pub async fn read(config: &NatsConfig) -> anyhow::Result<Report> {
         Ok(mut consumer) => {
             let info = consumer.info().await?;
             Some(ConsumerState {
+                group: Group::from_info(info.cluster.as_ref()),
                 pending: info.num_pending,
                 ack_pending: info.num_ack_pending,
                 redelivered: info.num_redelivered,
@@ -71,6 +176,8 @@ pub async fn read(config: &NatsConfig) -> anyhow::Result<Report> {
         .await
         .map_err(|error| anyhow::anyhow!(error))?;
     Ok(Report {
+        servers,
+        stream_group: Group::from_info(info.cluster.as_ref()),
         queued: info.state.messages,
         queued_bytes: info.state.bytes,
         max_queued: info.config.max_messages,
@@ -89,6 +196,24 @@ impl Report {
     /// The report as text.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if self.servers.len() > 1 || self.stream_group.is_some() {
+            let answering = self.servers.iter().filter(|s| s.name.is_some()).count();
+            let _ = writeln!(
+                out,
+                "nats servers:        {answering} of {} answering",
+                self.servers.len()
+            );
+            for server in &self.servers {
+                let state = match &server.name {
+                    Some(name) => format!("up ({name})"),
+                    None => "NOT ANSWERING".to_owned(),
+                };
+                let _ = writeln!(out, "  {:<40} {state}", server.url);
+            }
+        }
+        if let Some(group) = &self.stream_group {
+            let _ = writeln!(out, "stream replicas:     {}", group.render());
+        }
         let _ = writeln!(
             out,
             "queue ORDERS:        {} orders ({} bytes), limit {}",
@@ -101,6 +226,9 @@ impl Report {
                     "consumer workers:    pending {} (lag), ack pending {}, redelivered {}, idle pulls {}",
                     c.pending, c.ack_pending, c.redelivered, c.waiting
                 );
+                if let Some(group) = &c.group {
+                    let _ = writeln!(out, "consumer replicas:   {}", group.render());
+                }
             }
             None => {
                 let _ = writeln!(out, "consumer workers:    none yet (no worker has started)");
@@ -122,5 +250,89 @@ impl Report {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(name: &str, current: bool, offline: bool, lag: u64) -> Replica {
+        Replica {
+            name: name.to_owned(),
+            current,
+            offline,
+            lag,
+            seen_ago: Duration::from_millis(2500),
+        }
+    }
+
+    #[test]
+    fn a_cluster_report_names_each_server_leader_and_replica_state() {
+        let report = Report {
+            servers: vec![
+                ServerState {
+                    url: "nats://a:4222".to_owned(),
+                    name: Some("n1".to_owned()),
+                },
+                ServerState {
+                    url: "nats://b:4222".to_owned(),
+                    name: None,
+                },
+            ],
+            stream_group: Some(Group {
+                leader: Some("n1".to_owned()),
+                replicas: vec![
+                    replica("n2", false, false, 12),
+                    replica("n3", false, true, 0),
+                ],
+            }),
+            queued: 3,
+            queued_bytes: 600,
+            max_queued: 1_000_000,
+            consumer: Some(ConsumerState {
+                group: Some(Group {
+                    leader: None,
+                    replicas: vec![replica("n2", true, false, 0)],
+                }),
+                pending: 1,
+                ack_pending: 2,
+                redelivered: 0,
+                waiting: 0,
+            }),
+            dead_letters: 0,
+            alive: Vec::new(),
+        };
+        let text = report.render();
+        assert!(text.contains("1 of 2 answering"), "{text}");
+        assert!(text.contains("nats://a:4222"), "{text}");
+        assert!(text.contains("up (n1)"), "{text}");
+        assert!(text.contains("NOT ANSWERING"), "{text}");
+        assert!(
+            text.contains("leader n1; n2 LAGGING by 12 operation(s), seen 2.5s ago; n3 OFFLINE"),
+            "{text}"
+        );
+        assert!(text.contains("consumer replicas:   NO LEADER"), "{text}");
+        assert!(text.contains("; n2 current"), "{text}");
+    }
+
+    #[test]
+    fn a_single_server_report_has_no_cluster_lines() {
+        let report = Report {
+            servers: vec![ServerState {
+                url: "nats://a:4222".to_owned(),
+                name: Some("solo".to_owned()),
+            }],
+            stream_group: None,
+            queued: 0,
+            queued_bytes: 0,
+            max_queued: 10,
+            consumer: None,
+            dead_letters: 0,
+            alive: Vec::new(),
+        };
+        let text = report.render();
+        assert!(!text.contains("nats servers"), "{text}");
+        assert!(!text.contains("replicas"), "{text}");
     }
 }
