@@ -1,15 +1,18 @@
 //! Test harness for FinalPrice: a real nats-server per test (own port, own store, killed on
-//! drop) and a fresh, migrated database per test, on PostgreSQL or SQLite (dropped on drop).
+//! drop) or a real three-node cluster of them, and a fresh, migrated database per test, on
+//! PostgreSQL or SQLite (dropped on drop).
 //!
 //! PostgreSQL comes from `TEST_POSTGRES_URL` (an account that may create databases;
 //! default `postgres://finalprice:finalprice@127.0.0.1:5432/postgres`). `just test` and
 //! `.ci/run` start the server and create that role.
 
+mod cluster;
 mod db;
 pub mod load;
 mod nats;
 mod process;
 
+pub use cluster::NatsCluster;
 pub use db::{Backend, TestDb};
 pub use nats::NatsServer;
 pub use process::{Service, binary, clean_command, free_port};

@@ -2,6 +2,7 @@
 //! was answered, and check every answer against the database.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use finalprice_db::entity::orders;
@@ -50,6 +51,23 @@ impl std::fmt::Debug for Tally {
 }
 
 impl Tally {
+    /// Adds the answer to order `key`; `committed`: whether it was a row when the answer came.
+    fn count(&mut self, key: Uuid, answer: Result<u16, reqwest::Error>, committed: bool) {
+        match answer {
+            Ok(201) => {
+                self.accepted.push(key);
+                if !committed {
+                    self.accepted_not_committed.push(key);
+                }
+            }
+            Ok(202) => self.pending.push(key),
+            Ok(503) => self.unavailable += 1,
+            Ok(other) => self.other.push(other.to_string()),
+            Err(error) if error.is_connect() => self.refused += 1,
+            Err(error) => self.other.push(format!("{error:?}")),
+        }
+    }
+
     /// Every order the queue acknowledged (accepted or pending).
     pub fn acknowledged(&self) -> impl Iterator<Item = &Uuid> {
         self.accepted.iter().chain(&self.pending)
@@ -74,47 +92,130 @@ pub async fn burst(
     first_phone: u64,
 ) -> Tally {
     let answers = futures_util::stream::iter(0..count)
-        .map(|i| async move {
-            let key = Uuid::now_v7();
-            let body = serde_json::json!({
-                "name": "Нагрузка",
-                "phone": format!("+7{:010}", first_phone + i as u64),
-                "key": key,
-            });
-            let answer = target
-                .http
-                .post(format!("{}/orders", target.base_url))
-                .header("accept", "application/json")
-                .json(&body)
-                .send()
-                .await;
-            let answer = answer.map(|response| response.status().as_u16());
-            let committed = match answer {
-                Ok(201) => Some(is_row(target.rows, key).await),
-                _ => None,
-            };
-            (key, answer, committed)
-        })
+        .map(|i| send_one(target, first_phone + i as u64))
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
     let mut tally = Tally::default();
     for (key, answer, committed) in answers {
-        match answer {
-            Ok(201) => {
-                tally.accepted.push(key);
-                if committed != Some(true) {
-                    tally.accepted_not_committed.push(key);
-                }
-            }
-            Ok(202) => tally.pending.push(key),
-            Ok(503) => tally.unavailable += 1,
-            Ok(other) => tally.other.push(other.to_string()),
-            Err(error) if error.is_connect() => tally.refused += 1,
-            Err(error) => tally.other.push(format!("{error:?}")),
-        }
+        tally.count(key, answer, committed);
     }
     tally
+}
+
+/// How a sustained load went: the tally, and when and how long the fronts answered anything
+/// but "accepted" or "being saved".
+#[derive(Debug, Default)]
+pub struct Sustained {
+    pub tally: Tally,
+    /// How long the load ran.
+    pub ran: Duration,
+    /// Offsets from the start at which an answer other than 201/202 arrived.
+    pub disrupted_at: Vec<Duration>,
+    /// The longest any order took to be answered.
+    pub slowest: Duration,
+}
+
+impl Sustained {
+    /// Orders answered per second, on average.
+    pub fn rate(&self) -> f64 {
+        let answered = self.tally.accepted.len()
+            + self.tally.pending.len()
+            + self.tally.unavailable
+            + self.tally.other.len();
+        answered as f64 / self.ran.as_secs_f64().max(0.001)
+    }
+
+    /// From the first to the last answer that was neither 201 nor 202; zero when there was none.
+    pub fn disruption(&self) -> Duration {
+        match (self.disrupted_at.first(), self.disrupted_at.last()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// One line for a report.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} orders/s over {:.1}s: {} accepted, {} being saved, {} answered 503, {} other; \
+             answers other than accepted/being saved: {} over {:.1}s; slowest answer {:.1}s",
+            self.rate(),
+            self.ran.as_secs_f64(),
+            self.tally.accepted.len(),
+            self.tally.pending.len(),
+            self.tally.unavailable,
+            self.tally.other.len(),
+            self.disrupted_at.len(),
+            self.disruption().as_secs_f64(),
+            self.slowest.as_secs_f64(),
+        )
+    }
+}
+
+/// Sends orders from `clients` clients at once, each one after another (client `c` to
+/// `targets[c % targets.len()]`), until `stop` is set; phones count up from `first_phone`.
+/// Every "accepted" is checked against the database as it arrives.
+pub async fn sustain(
+    targets: &[Target<'_>],
+    clients: usize,
+    first_phone: u64,
+    stop: &AtomicBool,
+) -> Sustained {
+    let started = tokio::time::Instant::now();
+    let next_phone = AtomicU64::new(first_phone);
+    let one_client = |client: usize| {
+        let target = targets[client % targets.len()];
+        let next_phone = &next_phone;
+        async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let phone = next_phone.fetch_add(1, Ordering::Relaxed);
+                let sent = tokio::time::Instant::now();
+                let (key, answer, committed) = send_one(target, phone).await;
+                answers.push((key, answer, committed, sent - started, sent.elapsed()));
+            }
+            answers
+        }
+    };
+    let answers = futures_util::future::join_all((0..clients).map(one_client)).await;
+    let mut sustained = Sustained {
+        ran: started.elapsed(),
+        ..Sustained::default()
+    };
+    let mut answers: Vec<_> = answers.into_iter().flatten().collect();
+    answers.sort_by_key(|answer| answer.3);
+    for (key, answer, committed, at, took) in answers {
+        sustained.slowest = sustained.slowest.max(took);
+        if !matches!(answer, Ok(201 | 202)) {
+            sustained.disrupted_at.push(at);
+        }
+        sustained.tally.count(key, answer, committed);
+    }
+    sustained
+}
+
+/// Sends one JSON order with a fresh key and phone `+7<phone>`; checks an "accepted" against
+/// the database at once.
+async fn send_one(target: Target<'_>, phone: u64) -> (Uuid, Result<u16, reqwest::Error>, bool) {
+    let key = Uuid::now_v7();
+    let body = serde_json::json!({
+        "name": "Нагрузка",
+        "phone": format!("+7{phone:010}"),
+        "key": key,
+    });
+    let answer = target
+        .http
+        .post(format!("{}/orders", target.base_url))
+        .header("accept", "application/json")
+        .json(&body)
+        .send()
+        .await
+        .map(|response| response.status().as_u16());
+    let committed = match answer {
+        Ok(201) => is_row(target.rows, key).await,
+        _ => false,
+    };
+    (key, answer, committed)
 }
 
 /// Waits until every acknowledged order of `tally` is a row; returns those that never became one.

