@@ -8,6 +8,9 @@ nats_server := "$(" + quote(just_executable()) + " --justfile " + quote(justfile
 export CARGO_TERM_COLOR := env_var_or_default("CARGO_TERM_COLOR", "auto")
 # One database for every recipe: the SQLite file of `just up` unless DATABASE_URL says otherwise.
 export DATABASE_URL := env_var_or_default("DATABASE_URL", "sqlite://.run/finalprice.db?mode=rwc")
+# The operators' recipes reach the nats-servers of the running `just up` or `just up-cluster`
+# (it writes .run/nats-url) unless NATS_URL is set.
+nats_of_up := 'if [ -z "${NATS_URL:-}" ] && [ -f .run/nats-url ]; then export NATS_URL="$(cat .run/nats-url)"; fi;'
 
 # List the recipes
 default:
@@ -17,35 +20,53 @@ default:
 up: build
     NATS_SERVER_BIN="{{nats_server}}" scripts/up
 
-# Stop a `just up` running in another terminal (front, then worker, then nats-server)
+# Like `up` with three nats-servers as one cluster, the streams at R3, two workers and two fronts on one port; Ctrl-C stops all
+up-cluster: build
+    NATS_SERVER_BIN="{{nats_server}}" scripts/up --cluster
+
+# Stop a `just up` or `just up-cluster` running in another terminal (fronts, then workers, then nats-servers)
 down:
     #!/usr/bin/env bash
     set -euo pipefail
-    [ -f .run/pids ] || { echo "nothing started by just up is running"; exit 0; }
-    # Once the front stops, `just up` stops the rest itself; a pid already gone is fine.
-    tac .run/pids | while read -r pid; do
-      kill -TERM "$pid" 2>/dev/null || continue
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    [ -f .run/pids ] || { echo "nothing started by just up or just up-cluster is running"; exit 0; }
+    # .run/pids: one line per stage of the stop, in start order, the pids that stop together.
+    # Once the fronts stop, `just up` stops the rest itself; a pid already gone is fine.
+    tac .run/pids | while read -r -a stage; do
+      kill -TERM "${stage[@]}" 2>/dev/null || true
+      for pid in "${stage[@]}"; do
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+      done
     done
     rm -f .run/pids
     echo stopped
 
-# Follow the logs of `just up` (front, worker, nats-server)
+# Follow the logs of `just up` or `just up-cluster` (fronts, workers, nats-servers: every log in .run)
 logs:
-    tail -n 50 -F .run/front.log .run/worker.log .run/nats.log
+    #!/usr/bin/env bash
+    set -euo pipefail
+    shopt -s nullglob
+    logs=(.run/*.log)
+    # Before the first start, wait for those of `just up`.
+    [ ${#logs[@]} -gt 0 ] || logs=(.run/front.log .run/worker.log .run/nats.log)
+    exec tail -n 50 -F "${logs[@]}"
 
 # Show the queue, the consumer's backlog (lag), dead letters, and which fronts and workers are alive
 status: build
-    target/debug/finalprice-worker status
+    @{{nats_of_up}} target/debug/finalprice-worker status
 
 # Write every committed order as CSV to stdout, streamed (any number of orders): just export > orders.csv
 export: build
-    @target/debug/finalprice-worker export
+    @{{nats_of_up}} target/debug/finalprice-worker export
 
 # Like `up`, with release builds: the stack to measure with `just load`
 up-release:
     cargo build --release --workspace --bins
     BIN_DIR=target/release NATS_SERVER_BIN="{{nats_server}}" scripts/up
+
+# Like `up-cluster`, with release builds
+up-cluster-release:
+    cargo build --release --workspace --bins
+    BIN_DIR=target/release NATS_SERVER_BIN="{{nats_server}}" scripts/up --cluster
 
 # Load a running stack; report orders/s, latency, errors, the front's RSS and CPU, a database check; e.g. `just load --connections 256 --seconds 30` (--hold S: keep connections idle S s after; --worker-metrics 127.0.0.1:9091: the worker's RSS and CPU too; picture: target/load-report.svg)
 load *args:
@@ -66,11 +87,11 @@ migrate: build
 
 # List the dead letters: orders that can never be written, with id and reason (no personal data)
 dlq: build
-    target/debug/finalprice-worker dlq-list
+    @{{nats_of_up}} target/debug/finalprice-worker dlq-list
 
 # Put dead letters back into the queue once the cause is fixed: `just dlq-replay --all` or sequence numbers
 dlq-replay +selection: build
-    target/debug/finalprice-worker dlq-replay {{selection}}
+    @{{nats_of_up}} target/debug/finalprice-worker dlq-replay {{selection}}
 
 # Print the Jaeger URL of the newest order's trace (JAEGER_URL, default http://127.0.0.1:16686)
 traces:
