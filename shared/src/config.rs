@@ -124,19 +124,29 @@ impl NatsConfig {
             .collect()
     }
 
-    /// How long the front tries to get an order's PubAck before it answers 503:
-    /// `publish_timeout` when set, otherwise by topology — one try's `request_timeout` on an
-    /// unreplicated stream (a single node has no election to wait out, and a node that is down
-    /// stays down for longer than a shopper should wait), [`REPLICATED_PUBLISH_BOUND`] on a
-    /// replicated one.
-    pub fn publish_bound(&self) -> Duration {
+    /// How long the front tries to get an order's PubAck before it answers 503, for a stream
+    /// of `replicas`: `publish_timeout` when set, otherwise by topology — `request_timeout` on
+    /// an unreplicated stream (a single node has no election to wait out, and a node that is
+    /// down stays down for longer than a shopper should wait; quick failures are still tried
+    /// again within it), [`REPLICATED_PUBLISH_BOUND`] on a replicated one.
+    pub fn publish_bound(&self, replicas: usize) -> Duration {
         if !self.publish_timeout.is_zero() {
             self.publish_timeout
-        } else if self.stream_replicas > 1 {
+        } else if replicas > 1 {
             REPLICATED_PUBLISH_BOUND.max(self.request_timeout)
         } else {
             self.request_timeout
         }
+    }
+
+    /// The publish bound for the replicas this configuration asks for; with none asked (an
+    /// existing stream keeps its count), for the largest the bound may have to cover.
+    pub fn longest_publish_bound(&self) -> Duration {
+        self.publish_bound(if self.stream_replicas == 0 {
+            usize::MAX
+        } else {
+            self.stream_replicas
+        })
     }
 }
 
@@ -396,6 +406,21 @@ impl Config {
                 "is not a valid header name",
             ));
         }
+        // A front stopping mid-election must still answer what it holds: a request may take the
+        // publish bound and then the reply wait.
+        let longest_request = self.nats.longest_publish_bound() + self.http.reply_timeout;
+        if self.http.shutdown_grace < longest_request {
+            return Err(invalid(
+                "http.shutdown_grace",
+                format!(
+                    "must be at least the publish bound plus http.reply_timeout ({}s here; the \
+                     publish bound of a replicated stream is {}s unless nats.publish_timeout \
+                     sets it)",
+                    longest_request.as_secs_f64(),
+                    REPLICATED_PUBLISH_BOUND.as_secs()
+                ),
+            ));
+        }
         if !(1..=MAX_BATCH_SIZE).contains(&self.worker.batch_size) {
             return Err(invalid(
                 "worker.batch_size",
@@ -452,8 +477,20 @@ fn http_header_name_invalid(name: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`, for logs and `Debug`.
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`, for logs and `Debug`; each
+/// URL of a comma-separated list alike.
 pub fn redact_url_password(url: &str) -> String {
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(redact_one_url_password)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redact_one_url_password(url)
+}
+
+fn redact_one_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -516,6 +553,7 @@ mod tests {
             ("[nats]\nurl = \"nats://a:4222,mysql://b\"", "nats.url"),
             ("[nats]\nurl = \" , \"", "nats.url"),
             ("[nats]\npublish_timeout = \"1s\"", "nats.publish_timeout"),
+            ("[http]\nshutdown_grace = \"16s\"", "http.shutdown_grace"),
             (
                 "[nats]\nack_wait = \"5s\"\n[worker]\ncommit_timeout = \"5s\"",
                 "worker.commit_timeout",
@@ -560,13 +598,13 @@ mod tests {
 
     #[test]
     fn the_publish_bound_follows_the_topology_unless_set() {
-        let single = load_with("").expect("valid");
-        assert_eq!(single.nats.publish_bound(), single.nats.request_timeout);
-        let replicated = load_with("[nats]\nstream_replicas = 3").expect("valid");
-        assert_eq!(replicated.nats.publish_bound(), REPLICATED_PUBLISH_BOUND);
+        let config = load_with("").expect("valid");
+        assert_eq!(config.nats.publish_bound(1), config.nats.request_timeout);
+        assert_eq!(config.nats.publish_bound(3), REPLICATED_PUBLISH_BOUND);
         let set =
             load_with("[nats]\nstream_replicas = 3\npublish_timeout = \"4s\"").expect("valid");
-        assert_eq!(set.nats.publish_bound(), Duration::from_secs(4));
+        assert_eq!(set.nats.publish_bound(1), Duration::from_secs(4));
+        assert_eq!(set.nats.publish_bound(3), Duration::from_secs(4));
     }
 
     #[test]
@@ -594,5 +632,7 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("postgres://fp:***@db:5432/fp"), "{shown}");
+        let servers = redact_url_password("nats://a:one@n1:4222,nats://b:two@n2:4222");
+        assert_eq!(servers, "nats://a:***@n1:4222,nats://b:***@n2:4222");
     }
 }

@@ -260,7 +260,12 @@ pub async fn ensure_dead_letter_stream(
     js: &jetstream::Context,
     config: &NatsConfig,
 ) -> Result<stream::Stream, SetupError> {
-    ensure_stream(js, dead_letter_stream_config(config)?, config.stream_replicas).await
+    ensure_stream(
+        js,
+        dead_letter_stream_config(config)?,
+        config.stream_replicas,
+    )
+    .await
 }
 
 /// Creates the stream `definition` describes, or brings an existing one to it. With

@@ -383,8 +383,10 @@ impl OrderQueue {
 }
 
 /// JetStream API error codes that mean "not now" rather than "no": the cluster has no
-/// meta leader (10008) or this server cannot serve the request yet (10009).
-const PASSING_API_ERRORS: [u64; 2] = [10008, 10009];
+/// meta leader (10008), this server cannot serve the request yet (10009), or a message with
+/// this `Nats-Msg-Id` is still being stored (10158: an earlier try that timed out in an
+/// election; tried again, it is answered as a duplicate once stored).
+const PASSING_API_ERRORS: [u64; 3] = [10008, 10009, 10158];
 
 /// Each way a publish can fail, as a metric label (every kind maps to 503 alike).
 fn publish_failure(error: &PublishError) -> PublishFailure {

@@ -53,15 +53,27 @@ impl Application {
             .context("cannot subscribe to pings")?;
         let js = nats::jetstream(client.clone(), &config.nats);
         let stream_name = nats::orders_stream_config(&config.nats)?.name;
-        if let Err(error) = nats::ensure_orders_stream(&js, &config.nats).await {
-            tracing::warn!(error = %error, "order stream not ready yet; retrying in the background");
-            tokio::spawn(ensure_stream_later(js.clone(), config.nats.clone()));
-        }
+        // The publish bound follows the stream's real replica count (0 configured keeps it).
+        let replicas = match nats::ensure_orders_stream(&js, &config.nats).await {
+            Ok(stream) => stream.cached_info().config.num_replicas,
+            Err(error) => {
+                tracing::warn!(error = %error, "order stream not ready yet; retrying in the background");
+                tokio::spawn(ensure_stream_later(js.clone(), config.nats.clone()));
+                if config.nats.stream_replicas == 0 {
+                    // Unknown yet: the longer bound, so an election is waited out.
+                    usize::MAX
+                } else {
+                    config.nats.stream_replicas
+                }
+            }
+        };
+        let publish_bound = config.nats.publish_bound(replicas);
+        tracing::info!(?publish_bound, "publishing orders");
         let inbox = Inbox::start(&client)
             .await
             .context("cannot subscribe the reply inbox")?;
         let timeouts = Timeouts {
-            publish: config.nats.publish_bound(),
+            publish: publish_bound,
             reply: config.http.reply_timeout,
             status: config.http.status_timeout,
         };
