@@ -68,8 +68,9 @@ pub struct Replica {
 
 impl Group {
     fn from_info(info: Option<&jetstream::stream::ClusterInfo>) -> Option<Self> {
-        // A single server reports a group of one with no replicas, or none at all.
-        let info = info.filter(|info| info.leader.is_some() || !info.replicas.is_empty())?;
+        // A single server names itself leader of a group with no replicas; so does an R1
+        // stream in a cluster. Neither has replicas to show.
+        let info = info.filter(|info| !info.replicas.is_empty())?;
         Some(Self {
             leader: info.leader.clone(),
             replicas: info
@@ -314,6 +315,16 @@ mod tests {
         );
         assert!(text.contains("consumer replicas:   NO LEADER"), "{text}");
         assert!(text.contains("; n2 current"), "{text}");
+    }
+
+    #[test]
+    fn a_stream_without_replicas_has_no_group() {
+        let single = jetstream::stream::ClusterInfo {
+            leader: Some("solo".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(Group::from_info(Some(&single)), None);
+        assert_eq!(Group::from_info(None), None);
     }
 
     #[test]
