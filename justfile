@@ -68,7 +68,7 @@ up-cluster-release:
     cargo build --release --workspace --bins
     BIN_DIR=target/release NATS_SERVER_BIN="{{nats_server}}" scripts/up --cluster
 
-# Load a running stack; report orders/s, latency, errors, the front's RSS and CPU, a database check; e.g. `just load --connections 256 --seconds 30` (--hold S: keep connections idle S s after; --worker-metrics 127.0.0.1:9091: the worker's RSS and CPU too; picture: target/load-report.svg)
+# Load a running stack; report orders/s, latency, errors, the front's RSS and CPU, a database check; e.g. `just load --connections 256 --seconds 30` (--hold S: keep connections idle S s after; --worker-metrics 127.0.0.1:9091: the worker's RSS and CPU too; --nats-cpu: each local nats-server's CPU per order; picture: target/load-report.svg)
 load *args:
     cargo build --release -p finalprice-bench --bin finalprice-load
     target/release/finalprice-load {{args}}

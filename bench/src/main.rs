@@ -5,7 +5,8 @@
 //!
 //! Usage: `finalprice-load [--url http://127.0.0.1:8080] [--connections 256] [--seconds 30 |
 //! --requests N] [--hold SECONDS] [--form] [--worker-metrics HOST:PORT]
-//! [--report target/load-report.svg]`; `--hold` keeps every connection open and idle until the
+//! [--nats-cpu] [--report target/load-report.svg]`; `--nats-cpu` adds each local nats-server's
+//! CPU per order; `--hold` keeps every connection open and idle until the
 //! last is done and then that long, to measure the front holding them; `--worker-metrics` adds
 //! that worker's memory and CPU to the report; `DATABASE_URL` names the database to check
 //! (unset: no check).
@@ -24,7 +25,7 @@ use finalprice_bench::report::{
     Held, Outcome, ProcessUse, Run, check_database, latency_histogram, peak_resident_bytes,
     render_svg, render_text,
 };
-use finalprice_shared::metrics::own_cpu_seconds;
+use finalprice_shared::metrics::{own_cpu_seconds, process_cpu_seconds};
 use hdrhistogram::Histogram;
 use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full};
@@ -48,6 +49,8 @@ struct Args {
     form: bool,
     /// A worker's `/metrics` address (host:port).
     worker_metrics: Option<String>,
+    /// Report every local nats-server's CPU over the load.
+    nats_cpu: bool,
     report: String,
 }
 
@@ -61,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
         form: false,
         worker_metrics: None,
         report: "target/load-report.svg".into(),
+        nats_cpu: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +77,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--hold" => args.hold = Some(value()?.parse()?),
             "--form" => args.form = true,
             "--worker-metrics" => args.worker_metrics = Some(value()?),
+            "--nats-cpu" => args.nats_cpu = true,
             "--report" => args.report = value()?,
             other => bail!("unknown flag {other}"),
         }
@@ -131,6 +136,11 @@ async fn main() -> anyhow::Result<()> {
         ))
     });
     let generator_at_start = own_cpu_seconds();
+    let nats_at_start = if args.nats_cpu {
+        nats_servers()
+    } else {
+        Vec::new()
+    };
 
     // A lane that is done keeps its socket until every lane is, so the front is measured
     // holding all the connections at once, and the hold starts only then.
@@ -153,6 +163,11 @@ async fn main() -> anyhow::Result<()> {
     run.elapsed = started.elapsed();
     let at_load_end = probe.sample().await;
     let generator_at_load_end = own_cpu_seconds();
+    let nats_at_load_end = if args.nats_cpu {
+        nats_servers()
+    } else {
+        Vec::new()
+    };
     let worker_at_load_end = sample_if_any(worker_probe.as_mut()).await;
     if let Some(sampler) = worker_sampler {
         sampler.abort();
@@ -192,6 +207,13 @@ async fn main() -> anyhow::Result<()> {
     run.front = ProcessUse::over_load(at_start, at_load_end, &samples);
     let worker_samples = std::mem::take(&mut *worker_samples.lock().expect("not poisoned"));
     run.worker = ProcessUse::over_load(worker_at_start, worker_at_load_end, &worker_samples);
+    run.nats_servers = nats_at_start
+        .iter()
+        .filter_map(|(pid, label, start)| {
+            let (_, _, end) = nats_at_load_end.iter().find(|(other, ..)| other == pid)?;
+            Some((format!("nats-server {label} (pid {pid})"), end - start))
+        })
+        .collect();
     run.generator_cpu_seconds = generator_at_start
         .zip(generator_at_load_end)
         .map(|(start, end)| end - start);
@@ -219,6 +241,35 @@ async fn main() -> anyhow::Result<()> {
     write!(out, "{}", render_text(&run))?;
     writeln!(out, "report: {}", args.report)?;
     Ok(())
+}
+
+/// Every nats-server process on this machine (`--nats-cpu`): pid, a label naming its client
+/// port as its command line gives it, and its CPU seconds so far. By process name, since the
+/// load tool cannot ask nats-server for its own CPU time (`/varz` has only a momentary rate).
+fn nats_servers() -> Vec<(u32, String, f64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|name| name.trim() == "nats-server")
+        })
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let port = args
+                .windows(2)
+                .find(|pair| pair[0] == b"-p" || pair[0] == b"--port")
+                .map(|pair| String::from_utf8_lossy(pair[1]).into_owned())
+                .unwrap_or_else(|| "4222".to_owned());
+            Some((pid, format!("port {port}"), process_cpu_seconds(pid)?))
+        })
+        .collect();
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found
 }
 
 /// A sample from `probe`, when there is one to ask.

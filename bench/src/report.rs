@@ -58,6 +58,8 @@ pub struct Run {
     pub worker: Option<ProcessUse>,
     /// This load generator's own CPU seconds over the load: it shares the machine.
     pub generator_cpu_seconds: Option<f64>,
+    /// Each nats-server's CPU seconds over the load (`--nats-cpu`), by label.
+    pub nats_servers: Vec<(String, f64)>,
     /// The idle hold after the load (`--hold`).
     pub held: Option<Held>,
     /// The front's process every 250 ms, load and hold, for the picture.
@@ -136,6 +138,7 @@ impl Run {
             front: None,
             worker: None,
             generator_cpu_seconds: None,
+            nats_servers: Vec::new(),
             held: None,
             front_samples: Vec::new(),
         }
@@ -269,6 +272,15 @@ pub fn render_text(run: &Run) -> String {
     }
     if let Some(worker) = &run.worker {
         process_line(&mut out, "worker", worker, confirmed);
+    }
+    if confirmed > 0 {
+        for (label, cpu) in &run.nats_servers {
+            let _ = writeln!(
+                out,
+                "{label}: CPU {:.1} ms per 1,000 confirmed orders",
+                ms_per_thousand(*cpu, confirmed)
+            );
+        }
     }
     if let Some(cpu) = run.generator_cpu_seconds
         && confirmed > 0

@@ -82,6 +82,11 @@ pub fn own_cpu_seconds() -> Option<f64> {
     cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
+/// Process `pid`'s user and system CPU time so far, in seconds (`None` where it cannot be read).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
 /// The value of the unlabelled sample `name` in an OpenMetrics text (as [`encode`] writes it):
 /// how the load tool and the tests read a process's figures back.
 pub fn sample_value(text: &str, name: &str) -> Option<f64> {
