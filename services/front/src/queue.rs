@@ -181,11 +181,8 @@ impl OrderQueue {
         let waiting_since = Instant::now();
         let deadline = waiting_since + self.timeouts.reply;
         let submitted = if ack.duplicate {
-            // The stream kept the first submission of this key; its confirmation went (or goes)
-            // to whoever sent it. Learn the outcome from the order's real state instead.
-            drop(waiter);
             // Boxed, being rare: its state would otherwise be reserved in every request.
-            Ok(Box::pin(self.poll_until_accepted(order.id, deadline)).await)
+            Box::pin(self.confirmation_or_state(order.id, &mut waiter, deadline)).await
         } else {
             self.await_confirmation(order.id, &mut waiter, deadline)
                 .await
@@ -303,6 +300,32 @@ impl OrderQueue {
                 tracing::warn!(%error, order_id = %id, "malformed confirmation");
                 Ok(Submitted::Pending)
             }
+        }
+    }
+
+    /// The outcome of an order whose publish was answered "duplicate". The stored copy may be
+    /// another submission of the key (a double click), whose confirmation goes to whoever sent
+    /// it, so the order's real state is asked for; or this request's own earlier try, stored
+    /// while its PubAck was lost in an election, whose confirmation comes to `waiter`. The
+    /// first definite answer of the two wins.
+    async fn confirmation_or_state(
+        &self,
+        id: Uuid,
+        waiter: &mut Waiter,
+        deadline: Instant,
+    ) -> Result<Submitted, SubmitError> {
+        let confirmation = self.await_confirmation(id, waiter, deadline);
+        let state = self.poll_until_accepted(id, deadline);
+        tokio::pin!(confirmation, state);
+        tokio::select! {
+            confirmed = &mut confirmation => match confirmed {
+                Ok(Submitted::Pending) => Ok(state.await),
+                definite => definite,
+            },
+            polled = &mut state => match polled {
+                Submitted::Accepted => Ok(Submitted::Accepted),
+                Submitted::Pending => confirmation.await,
+            },
         }
     }
 
