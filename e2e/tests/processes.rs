@@ -104,21 +104,7 @@ impl Stack {
 
     /// Runs `finalprice-worker <args>` (an operator's command) and returns what it printed.
     fn admin(&self, args: &[&str]) -> String {
-        let mut command = finalprice_testkit::clean_command(
-            &finalprice_testkit::binary("finalprice-worker").expect("built"),
-        );
-        let output = command
-            .args(args)
-            .env("NATS_URL", self.nats.url())
-            .env("DATABASE_URL", &self.db_url)
-            .output()
-            .expect("finalprice-worker runs");
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("UTF-8 output")
+        finalprice_testkit::operator(&self.nats.url(), &self.db_url, args)
     }
 
     fn target(&self) -> Target<'_> {

@@ -246,6 +246,29 @@ impl NatsCluster {
         Ok(answer.json().await?)
     }
 
+    /// The last sequence number of stream `name` in node `i`'s own copy (its `/jsz`).
+    pub async fn stream_last_sequence(&self, i: usize, name: &str) -> anyhow::Result<u64> {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
+            self.nodes[i].monitor_port
+        );
+        let jsz: serde_json::Value = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let accounts = jsz["account_details"].as_array().context("no accounts")?;
+        accounts
+            .iter()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|stream| stream["name"] == name)
+            .and_then(|stream| stream["state"]["last_seq"].as_u64())
+            .with_context(|| format!("node {} holds no stream {name}", self.nodes[i].name))
+    }
+
     /// Waits until a running node names a meta leader that has both other nodes as current
     /// replicas.
     pub async fn wait_for_meta_leader(&self, within: Duration) -> anyhow::Result<()> {

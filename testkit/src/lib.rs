@@ -15,7 +15,7 @@ mod process;
 pub use cluster::NatsCluster;
 pub use db::{Backend, TestDb};
 pub use nats::NatsServer;
-pub use process::{Service, binary, clean_command, free_port};
+pub use process::{Service, binary, clean_command, free_port, operator};
 
 use figment::Figment;
 use figment::providers::{Format, Toml};

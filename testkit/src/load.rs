@@ -50,21 +50,41 @@ impl std::fmt::Debug for Tally {
     }
 }
 
+/// How the front answered one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// An HTTP status; for 201 and 202 the body named the order's own key.
+    Status(u16),
+    /// A 201 or 202 whose body named another id than the key sent.
+    OtherId(String),
+    /// No connection could be made.
+    Refused,
+    /// The request failed after it was sent.
+    Failed(String),
+}
+
+impl Answer {
+    fn acknowledged(&self) -> bool {
+        matches!(self, Self::Status(201 | 202))
+    }
+}
+
 impl Tally {
     /// Adds the answer to order `key`; `committed`: whether it was a row when the answer came.
-    fn count(&mut self, key: Uuid, answer: Result<u16, reqwest::Error>, committed: bool) {
+    fn count(&mut self, key: Uuid, answer: Answer, committed: bool) {
         match answer {
-            Ok(201) => {
+            Answer::Status(201) => {
                 self.accepted.push(key);
                 if !committed {
                     self.accepted_not_committed.push(key);
                 }
             }
-            Ok(202) => self.pending.push(key),
-            Ok(503) => self.unavailable += 1,
-            Ok(other) => self.other.push(other.to_string()),
-            Err(error) if error.is_connect() => self.refused += 1,
-            Err(error) => self.other.push(format!("{error:?}")),
+            Answer::Status(202) => self.pending.push(key),
+            Answer::Status(503) => self.unavailable += 1,
+            Answer::Status(other) => self.other.push(other.to_string()),
+            Answer::OtherId(id) => self.other.push(format!("{key} answered as {id}")),
+            Answer::Refused => self.refused += 1,
+            Answer::Failed(error) => self.other.push(error),
         }
     }
 
@@ -92,7 +112,11 @@ pub async fn burst(
     first_phone: u64,
 ) -> Tally {
     let answers = futures_util::stream::iter(0..count)
-        .map(|i| send_one(target, first_phone + i as u64))
+        .map(|i| async move {
+            let key = Uuid::now_v7();
+            let (answer, committed) = send_one(target, key, first_phone + i as u64).await;
+            (key, answer, committed)
+        })
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
@@ -103,27 +127,34 @@ pub async fn burst(
     tally
 }
 
-/// How a sustained load went: the tally, and when and how long the fronts answered anything
-/// but "accepted" or "being saved".
+/// How many times a client of [`sustain`] sends an order that was not acknowledged (503, or no
+/// answer), with the same key, as a shopper presses the button again.
+const TRIES: usize = 4;
+
+/// A shopper's pause before trying again.
+const PAUSE_BEFORE_TRYING_AGAIN: Duration = Duration::from_millis(250);
+
+/// How a sustained load went: the tally (each order by its last answer), and when and how long
+/// the fronts answered anything but "accepted" or "being saved".
 #[derive(Debug, Default)]
 pub struct Sustained {
     pub tally: Tally,
     /// How long the load ran.
     pub ran: Duration,
-    /// Offsets from the start at which an answer other than 201/202 arrived.
+    /// Offsets from the start at which each request was sent, tries again included.
+    pub sent_at: Vec<Duration>,
+    /// Offsets from the start at which a request was sent whose answer was neither 201 nor 202.
     pub disrupted_at: Vec<Duration>,
-    /// The longest any order took to be answered.
+    /// Requests that were an order sent again with its key after it was not acknowledged.
+    pub tried_again: usize,
+    /// The longest any request took to be answered.
     pub slowest: Duration,
 }
 
 impl Sustained {
-    /// Orders answered per second, on average.
+    /// Requests answered per second, on average.
     pub fn rate(&self) -> f64 {
-        let answered = self.tally.accepted.len()
-            + self.tally.pending.len()
-            + self.tally.unavailable
-            + self.tally.other.len();
-        answered as f64 / self.ran.as_secs_f64().max(0.001)
+        self.sent_at.len() as f64 / self.ran.as_secs_f64().max(0.001)
     }
 
     /// From the first to the last answer that was neither 201 nor 202; zero when there was none.
@@ -134,11 +165,20 @@ impl Sustained {
         }
     }
 
+    /// Requests sent within `window` (offsets from the start).
+    pub fn sent_within(&self, window: std::ops::Range<Duration>) -> usize {
+        self.sent_at
+            .iter()
+            .filter(|at| window.contains(*at))
+            .count()
+    }
+
     /// One line for a report.
     pub fn summary(&self) -> String {
         format!(
-            "{:.0} orders/s over {:.1}s: {} accepted, {} being saved, {} answered 503, {} other; \
-             answers other than accepted/being saved: {} over {:.1}s; slowest answer {:.1}s",
+            "{:.0} requests/s over {:.1}s: {} orders accepted, {} being saved, {} still refused \
+             after {TRIES} tries, {} other; answers other than accepted/being saved: {} over \
+             {:.1}s ({} tries again with the same key); slowest answer {:.1}s",
             self.rate(),
             self.ran.as_secs_f64(),
             self.tally.accepted.len(),
@@ -147,6 +187,7 @@ impl Sustained {
             self.tally.other.len(),
             self.disrupted_at.len(),
             self.disruption().as_secs_f64(),
+            self.tried_again,
             self.slowest.as_secs_f64(),
         )
     }
@@ -154,7 +195,9 @@ impl Sustained {
 
 /// Sends orders from `clients` clients at once, each one after another (client `c` to
 /// `targets[c % targets.len()]`), until `stop` is set; phones count up from `first_phone`.
-/// Every "accepted" is checked against the database as it arrives.
+/// An order that is not acknowledged is sent again with its key, up to [`TRIES`] times, as a
+/// shopper would. Every "accepted" is checked against the database as it arrives, and every
+/// acknowledgement must name the order's own key.
 pub async fn sustain(
     targets: &[Target<'_>],
     clients: usize,
@@ -167,55 +210,87 @@ pub async fn sustain(
         let target = targets[client % targets.len()];
         let next_phone = &next_phone;
         async move {
-            let mut answers = Vec::new();
+            let mut orders = Vec::new();
+            let mut requests = Vec::new();
             while !stop.load(Ordering::Relaxed) {
+                let key = Uuid::now_v7();
                 let phone = next_phone.fetch_add(1, Ordering::Relaxed);
-                let sent = tokio::time::Instant::now();
-                let (key, answer, committed) = send_one(target, phone).await;
-                answers.push((key, answer, committed, sent - started, sent.elapsed()));
+                let mut tries = 0;
+                let (answer, committed) = loop {
+                    tries += 1;
+                    let sent = tokio::time::Instant::now();
+                    let (answer, committed) = send_one(target, key, phone).await;
+                    requests.push((sent - started, sent.elapsed(), answer.acknowledged()));
+                    if answer.acknowledged() || tries == TRIES {
+                        break (answer, committed);
+                    }
+                    tokio::time::sleep(PAUSE_BEFORE_TRYING_AGAIN).await;
+                };
+                orders.push((key, answer, committed, tries - 1));
             }
-            answers
+            (orders, requests)
         }
     };
-    let answers = futures_util::future::join_all((0..clients).map(one_client)).await;
+    let per_client = futures_util::future::join_all((0..clients).map(one_client)).await;
     let mut sustained = Sustained {
         ran: started.elapsed(),
         ..Sustained::default()
     };
-    let mut answers: Vec<_> = answers.into_iter().flatten().collect();
-    answers.sort_by_key(|answer| answer.3);
-    for (key, answer, committed, at, took) in answers {
+    let mut requests = Vec::new();
+    for (orders, sent) in per_client {
+        for (key, answer, committed, again) in orders {
+            sustained.tried_again += again;
+            sustained.tally.count(key, answer, committed);
+        }
+        requests.extend(sent);
+    }
+    requests.sort_by_key(|request| request.0);
+    for (at, took, acknowledged) in requests {
         sustained.slowest = sustained.slowest.max(took);
-        if !matches!(answer, Ok(201 | 202)) {
+        sustained.sent_at.push(at);
+        if !acknowledged {
             sustained.disrupted_at.push(at);
         }
-        sustained.tally.count(key, answer, committed);
     }
     sustained
 }
 
-/// Sends one JSON order with a fresh key and phone `+7<phone>`; checks an "accepted" against
-/// the database at once.
-async fn send_one(target: Target<'_>, phone: u64) -> (Uuid, Result<u16, reqwest::Error>, bool) {
-    let key = Uuid::now_v7();
+/// Sends one JSON order with `key` and phone `+7<phone>`; checks that an acknowledgement names
+/// `key` and that an "accepted" is a row at once.
+async fn send_one(target: Target<'_>, key: Uuid, phone: u64) -> (Answer, bool) {
     let body = serde_json::json!({
         "name": "Нагрузка",
         "phone": format!("+7{phone:010}"),
         "key": key,
     });
-    let answer = target
+    let response = target
         .http
         .post(format!("{}/orders", target.base_url))
         .header("accept", "application/json")
         .json(&body)
         .send()
-        .await
-        .map(|response| response.status().as_u16());
+        .await;
+    let answer = match response {
+        Err(error) if error.is_connect() => Answer::Refused,
+        Err(error) => Answer::Failed(format!("{error:?}")),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            if matches!(status, 201 | 202) {
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                match body["id"].as_str() {
+                    Some(id) if id == key.to_string() => Answer::Status(status),
+                    other => Answer::OtherId(format!("{other:?}")),
+                }
+            } else {
+                Answer::Status(status)
+            }
+        }
+    };
     let committed = match answer {
-        Ok(201) => is_row(target.rows, key).await,
+        Answer::Status(201) => is_row(target.rows, key).await,
         _ => false,
     };
-    (key, answer, committed)
+    (answer, committed)
 }
 
 /// Waits until every acknowledged order of `tally` is a row; returns those that never became one.

@@ -50,6 +50,24 @@ pub fn clean_command(binary: &std::path::Path) -> Command {
     command
 }
 
+/// Runs `finalprice-worker <args>` as an operator would, with only `NATS_URL` and
+/// `DATABASE_URL` of ours; panics unless it succeeds, and returns what it printed.
+pub fn operator(nats_url: &str, database_url: &str, args: &[&str]) -> String {
+    let binary = binary("finalprice-worker").expect("built");
+    let output = clean_command(&binary)
+        .args(args)
+        .env("NATS_URL", nats_url)
+        .env("DATABASE_URL", database_url)
+        .output()
+        .expect("finalprice-worker runs");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
 impl Service {
     /// Starts `binary` (`finalprice-front` or `finalprice-worker`) with only `env` of ours:
     /// nothing from the caller's `FINALPRICE_*`, `NATS_URL`, `DATABASE_URL` leaks in.
