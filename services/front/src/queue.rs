@@ -450,3 +450,43 @@ fn passes(failure: PublishFailure) -> bool {
         | PublishFailure::Refused => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publish that JetStream's API refused with `err_code`, as async-nats reports it.
+    fn refused_with(err_code: u64) -> PublishError {
+        let api: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 503,
+            "err_code": err_code,
+            "description": "from the server",
+        }))
+        .expect("an API error");
+        PublishError::with_source(PublishErrorKind::Other, api)
+    }
+
+    #[test]
+    fn an_election_passes_and_a_full_stream_does_not() {
+        // No meta leader, a server not ready, a try still being stored (an election's).
+        for code in [10008, 10009, 10158] {
+            let failure = publish_failure(&refused_with(code));
+            assert_eq!(failure, PublishFailure::Unavailable, "{code}");
+            assert!(passes(failure), "{code} is tried again");
+        }
+        // 10077: "maximum messages exceeded", a full stream with `discard: new`.
+        let full = publish_failure(&refused_with(10077));
+        assert_eq!(full, PublishFailure::Refused);
+        assert!(!passes(full), "a full stream is answered at once");
+        for (kind, expected) in [
+            (PublishErrorKind::StreamNotFound, true),
+            (PublishErrorKind::TimedOut, true),
+            (PublishErrorKind::BrokenPipe, true),
+            (PublishErrorKind::MaxPayloadExceeded, false),
+            (PublishErrorKind::WrongLastMessageId, false),
+        ] {
+            let failure = publish_failure(&PublishError::new(kind));
+            assert_eq!(passes(failure), expected, "{kind:?}");
+        }
+    }
+}
