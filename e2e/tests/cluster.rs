@@ -48,9 +48,13 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start() -> Self {
+    /// Waits for this scenario's turn, then starts a whole stack and waits until it serves.
+    async fn serving() -> (tokio::sync::MutexGuard<'static, ()>, Self) {
+        let turn = TURN.lock().await;
         let cluster = NatsCluster::start().await.expect("a three-node cluster");
-        Self::on(cluster).await
+        let stack = Self::on(cluster).await;
+        stack.until_serving().await;
+        (turn, stack)
     }
 
     /// Fronts and workers on `cluster`, which may still be forming.
@@ -321,9 +325,7 @@ async fn services_started_before_the_cluster_has_a_quorum_wait_for_it_and_then_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_leader_killed_under_load_loses_nothing() {
-    let _turn = TURN.lock().await;
-    let stack = Stack::start().await;
-    stack.until_serving().await;
+    let (_turn, stack) = Stack::serving().await;
     let leader = stack.stream_leader_index().await;
     let fault = stack.kill_leader_and_restart(Group::Stream, leader);
     stack
@@ -333,9 +335,7 @@ async fn the_stream_leader_killed_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_leader_killed_under_load_loses_nothing() {
-    let _turn = TURN.lock().await;
-    let stack = Stack::start().await;
-    stack.until_serving().await;
+    let (_turn, stack) = Stack::serving().await;
     // The consumer's leader is placed by nats-server; asked to step down, it moves to another
     // node, until it is not the stream's leader.
     let apart = eventually(WAIT, || async {
@@ -372,9 +372,7 @@ async fn the_consumer_leader_killed_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_hangs_for_15_seconds_loses_nothing() {
-    let _turn = TURN.lock().await;
-    let stack = Stack::start().await;
-    stack.until_serving().await;
+    let (_turn, stack) = Stack::serving().await;
     let leader = stack.stream_leader_index().await;
     let fault = async {
         stack.cluster.freeze(leader).expect("SIGSTOP");
@@ -389,9 +387,7 @@ async fn a_node_that_hangs_for_15_seconds_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_lost_its_disk_comes_back_as_a_full_replica() {
-    let _turn = TURN.lock().await;
-    let stack = Stack::start().await;
-    stack.until_serving().await;
+    let (_turn, stack) = Stack::serving().await;
     let wiped = stack.stream_leader_index().await;
     let other = (wiped + 1) % 3;
     let fault = async {
@@ -427,9 +423,7 @@ async fn a_node_that_lost_its_disk_comes_back_as_a_full_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_in_lame_duck_mode_loses_nothing() {
-    let _turn = TURN.lock().await;
-    let stack = Stack::start().await;
-    stack.until_serving().await;
+    let (_turn, stack) = Stack::serving().await;
     let fault = async {
         for node in 0..3 {
             stack.cluster.lame_duck(node).expect("lame-duck mode");
@@ -449,9 +443,7 @@ async fn a_rolling_restart_in_lame_duck_mode_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_three_killed_at_once_and_restarted_lose_nothing() {
-    let _turn = TURN.lock().await;
-    let stack = Stack::start().await;
-    stack.until_serving().await;
+    let (_turn, stack) = Stack::serving().await;
     let fault = async {
         for node in 0..3 {
             stack.cluster.kill(node);
@@ -478,9 +470,7 @@ fn operator(stack: &Stack, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_each_server_and_replica_and_operators_leave_the_replicas_alone() {
-    let _turn = TURN.lock().await;
-    let stack = Stack::start().await;
-    stack.until_serving().await;
+    let (_turn, stack) = Stack::serving().await;
     stack.until_whole("the start").await;
 
     let status = operator(&stack, &["status"]);
