@@ -338,10 +338,12 @@ where
                 return Err(error);
             }
             Err(error) => {
+                // `{:#}`: the error with each of its causes, on one line.
+                let error = anyhow::Error::new(error);
                 tracing::warn!(
                     attempt,
                     retry_in = ?pause,
-                    error = %error_chain(&error),
+                    error = format!("{error:#}"),
                     "{what}: JetStream not ready; retrying"
                 );
             }
@@ -350,18 +352,6 @@ where
         pause = (pause * 2).min(SETUP_MAX_PAUSE);
     }
     unreachable!("the attempts are counted without end")
-}
-
-/// `error: source: source…`, for one log line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Makes the shared `workers` consumer exist as defined, on an existing stream.

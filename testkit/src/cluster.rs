@@ -234,9 +234,12 @@ impl NatsCluster {
         std::fs::read_to_string(log).unwrap_or_default()
     }
 
-    /// Node `i`'s monitoring `/jsz`: JetStream as that node sees it.
-    pub async fn jsz(&self, i: usize) -> anyhow::Result<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}/jsz", self.nodes[i].monitor_port);
+    /// Node `i`'s monitoring `/jsz?<query>`: JetStream as that node sees it.
+    async fn jsz(&self, i: usize, query: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?{query}",
+            self.nodes[i].monitor_port
+        );
         let answer = reqwest::Client::new()
             .get(url)
             .timeout(Duration::from_secs(2))
@@ -248,18 +251,7 @@ impl NatsCluster {
 
     /// The last sequence number of stream `name` in node `i`'s own copy (its `/jsz`).
     pub async fn stream_last_sequence(&self, i: usize, name: &str) -> anyhow::Result<u64> {
-        let url = format!(
-            "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
-            self.nodes[i].monitor_port
-        );
-        let jsz: serde_json::Value = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let jsz = self.jsz(i, "accounts=true&streams=true").await?;
         let accounts = jsz["account_details"].as_array().context("no accounts")?;
         accounts
             .iter()
@@ -275,7 +267,7 @@ impl NatsCluster {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             for i in (0..self.nodes.len()).filter(|&i| self.is_running(i)) {
-                if let Ok(jsz) = self.jsz(i).await {
+                if let Ok(jsz) = self.jsz(i, "").await {
                     let meta = &jsz["meta_cluster"];
                     let replicas = meta["replicas"].as_array().map(Vec::as_slice);
                     let all_current = replicas.is_some_and(|replicas| {

@@ -40,9 +40,8 @@ pub struct Application {
     stream: stream::Stream,
     consumer: PullConsumer,
     config: WorkerConfig,
+    /// `nats.request_timeout` bounds one NATS request; a pull may take the idle poll plus two.
     nats: finalprice_shared::config::NatsConfig,
-    /// Bound of one NATS request; a pull may take the idle poll plus two of these.
-    request_timeout: Duration,
     stats: Arc<WorkerStats>,
     metrics: TcpListener,
     /// Subscribed in `build`, before its JetStream round trips: a built worker already
@@ -99,7 +98,6 @@ impl Application {
             consumer,
             config: config.worker.clone(),
             nats: config.nats.clone(),
-            request_timeout: config.nats.request_timeout,
             stats: Arc::default(),
         })
     }
@@ -162,7 +160,7 @@ impl Application {
             concurrency = self.config.concurrency,
             "worker pulling orders"
         );
-        let pull_deadline = IDLE_POLL + self.config.batch_linger + self.request_timeout * 2;
+        let pull_deadline = IDLE_POLL + self.config.batch_linger + self.nats.request_timeout * 2;
         let mut failures = 0u32;
         let mut consumer = self.consumer.clone();
         while !shutdown.is_cancelled() {
@@ -202,7 +200,7 @@ impl Application {
                         && self.client.connection_state() == State::Connected
                     {
                         match tokio::time::timeout(
-                            self.request_timeout * 2,
+                            self.nats.request_timeout * 2,
                             nats::ensure_workers_consumer(&self.stream, &self.nats),
                         )
                         .await
