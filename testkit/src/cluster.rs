@@ -151,8 +151,28 @@ impl NatsCluster {
         drop(running);
         let deadline = Instant::now() + LISTEN_WITHIN;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("node {} did not listen within {LISTEN_WITHIN:?}", i + 1);
+            let exited = {
+                let mut running = node.child();
+                let exited = running
+                    .as_mut()
+                    .and_then(|child| child.try_wait().ok().flatten());
+                if exited.is_some() {
+                    *running = None;
+                }
+                exited
+            };
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let state = exited.map_or_else(
+                    || format!("did not listen on {port} within {LISTEN_WITHIN:?}"),
+                    |status| format!("exited ({status}) before it listened on {port}"),
+                );
+                bail!(
+                    "node {} {state}; the end of its log:\n{}",
+                    node.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,4 +1,4 @@
-//! A real nats-server for one test: random port, its own JetStream store, the repository's
+//! A real nats-server for one test: a free port, its own JetStream store, the repository's
 //! `nats/nats-server.conf`. Can be killed and restarted on the same port and store.
 
 use std::net::TcpStream;
@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tempfile::TempDir;
+
+use crate::process::free_port;
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server.conf");
 const AUTH_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server-auth.conf");
@@ -71,11 +73,12 @@ impl NatsServer {
         for stale in std::fs::read_dir(&ports_dir)? {
             std::fs::remove_file(stale?.path())?;
         }
-        let port = if self.port == 0 {
-            "-1".to_owned()
-        } else {
-            self.port.to_string()
-        };
+        if self.port == 0 {
+            // Not nats-server's own `-p -1`: its choice comes from the ephemeral range, where
+            // the test's clients could take the port while the server is down for a restart.
+            self.port = free_port()?;
+        }
+        let port = self.port.to_string();
         let mut command = Command::new(binary()?);
         match &self.credentials {
             Some((user, password)) => {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -163,10 +164,36 @@ impl Drop for Service {
     }
 }
 
-/// A free local port: bound, read, released (another process could take it in between, which
-/// only makes a test fail loudly, never pass wrongly).
+/// The lowest port this harness hands out: below it sit well-known services' ports.
+const FIRST_TEST_PORT: u16 = 15_000;
+
+/// A free local port, picked below the kernel's ephemeral range. Servers in these tests are
+/// killed and started again on the same port while the test's own clients open thousands of
+/// connections; a port from the ephemeral range (what binding port 0 gives) can meanwhile
+/// become the local end of one of those connections, and the restarted server then dies with
+/// "address already in use". Below the range only another listener can take it, and each call
+/// in this process gets a port no earlier call got.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static CALLS: AtomicU16 = AtomicU16::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral <= FIRST_TEST_PORT + 1_000 {
+        // An unusual range leaves no room below it; the kernel's choice is then the best left.
+        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port());
+    }
+    let span = ephemeral - FIRST_TEST_PORT;
+    // Where this process starts in the span, so two test binaries rarely try the same ports.
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST_TEST_PORT + (start.wrapping_add(call) % span);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {FIRST_TEST_PORT} and {ephemeral}")
 }
