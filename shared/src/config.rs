@@ -77,6 +77,12 @@ pub struct NatsConfig {
     /// topology" (see [`NatsConfig::publish_bound`]).
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// The most orders a front gathers into one message; 1 sends each alone.
+    pub envelope_max_orders: usize,
+    /// The largest envelope in bytes; 0 = by the order stream's message size limit.
+    pub envelope_max_bytes: usize,
+    /// Envelopes one front may have awaiting their PubAck at once.
+    pub envelopes_in_flight: usize,
     /// 0 keeps the value of `nats/stream-orders.json`.
     pub stream_max_messages: i64,
     /// 0 keeps the value of `nats/stream-orders.json`.
@@ -104,6 +110,9 @@ impl fmt::Debug for NatsConfig {
             .field("request_timeout", &self.request_timeout)
             .field("ping_interval", &self.ping_interval)
             .field("publish_timeout", &self.publish_timeout)
+            .field("envelope_max_orders", &self.envelope_max_orders)
+            .field("envelope_max_bytes", &self.envelope_max_bytes)
+            .field("envelopes_in_flight", &self.envelopes_in_flight)
             .field("stream_replicas", &self.stream_replicas)
             .finish_non_exhaustive()
     }
@@ -329,6 +338,15 @@ impl Config {
         }
         if self.nats.ping_interval.is_zero() {
             return Err(invalid("nats.ping_interval", "must be above 0"));
+        }
+        if self.nats.envelope_max_orders == 0 {
+            return Err(invalid(
+                "nats.envelope_max_orders",
+                "must be at least 1 (1 sends every order alone)",
+            ));
+        }
+        if self.nats.envelopes_in_flight == 0 {
+            return Err(invalid("nats.envelopes_in_flight", "must be at least 1"));
         }
         if !self.nats.publish_timeout.is_zero()
             && self.nats.publish_timeout < self.nats.request_timeout

@@ -1,14 +1,19 @@
 //! Wire messages between front and worker, and the NATS names they travel on.
 //!
 //! Order path: the front publishes a [`NewOrder`] on [`order_subject`] with the reply inbox in
-//! [`REPLY_TO_HEADER`]; the worker answers a [`Confirmation`] on that inbox after its commit,
-//! gathered per inbox and batch when the front asks for it (see [`REPLY_TOKEN_HEADER`]).
+//! [`REPLY_TO_HEADER`], or, when several orders reached it while its previous publish awaited
+//! its PubAck, an envelope of them ([`ENVELOPE_HEADER`], [`EnvelopeBuilder`], [`open_envelope`]);
+//! the worker answers a [`Confirmation`] on that inbox after its commit, gathered per inbox and
+//! batch when the front asks for it (see [`REPLY_TOKEN_HEADER`]). An order that can never be
+//! written goes to the dead-letter stream alone, described by a [`DeadLetter`].
 //! Status path: the front asks [`STATUS_SUBJECT`] with an order id and a worker answers a
 //! [`StatusReply`].
 
-use bytes::Bytes;
+use async_nats::HeaderMap;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::domain::{CustomerName, PhoneNumber};
@@ -21,10 +26,92 @@ pub const REPLY_TO_HEADER: &str = "FinalPrice-Reply-To";
 pub const DEAD_LETTER_REASON_HEADER: &str = "FinalPrice-Dead-Letter-Reason";
 /// On which delivery it was dead-lettered.
 pub const DEAD_LETTER_DELIVERIES_HEADER: &str = "FinalPrice-Dead-Letter-Deliveries";
-/// The order's id, when the dead letter had one (its `Nats-Msg-Id` in the `ORDERS` stream).
+/// The order's id, when the dead letter had one.
 pub const DEAD_LETTER_ORDER_ID_HEADER: &str = "FinalPrice-Order-Id";
-/// Its sequence in the `ORDERS` stream, which also makes the dead-letter publish idempotent.
+/// The sequence in the `ORDERS` stream of the message that carried it.
 pub const DEAD_LETTER_SEQUENCE_HEADER: &str = "FinalPrice-Dead-Letter-Sequence";
+/// Its place in that message when the message was an envelope (0 for the first order).
+pub const DEAD_LETTER_POSITION_HEADER: &str = "FinalPrice-Dead-Letter-Position";
+
+/// What a dead letter's headers say about it: written by the worker that stores it, read by
+/// `just dlq` and `just dlq-replay`, both through this type. No personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeadLetter {
+    /// Why it can never be written.
+    pub reason: String,
+    /// On which delivery it was dead-lettered.
+    pub deliveries: u64,
+    /// The sequence in `ORDERS` of the message that carried it.
+    pub orders_sequence: u64,
+    /// The order's id, when it could be read.
+    pub order_id: Option<Uuid>,
+    /// Its place in its envelope; `None` when the message carried it alone.
+    pub position: Option<usize>,
+}
+
+impl DeadLetter {
+    /// The headers a dead letter carries besides those kept from the order: these, and a
+    /// `Nats-Msg-Id` that makes storing it again (a worker's retry, a redelivery within the
+    /// duplicate window) store it once.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        let message_id = match self.position {
+            Some(position) => format!("dead-letter-{}-{position}", self.orders_sequence),
+            None => format!("dead-letter-{}", self.orders_sequence),
+        };
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
+        // On one line: a database's message can hold line breaks, which a header value cannot
+        // (async-nats panics on one).
+        let reason: String = self
+            .reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        headers.insert(DEAD_LETTER_REASON_HEADER, reason.as_str());
+        headers.insert(
+            DEAD_LETTER_DELIVERIES_HEADER,
+            self.deliveries.to_string().as_str(),
+        );
+        headers.insert(
+            DEAD_LETTER_SEQUENCE_HEADER,
+            self.orders_sequence.to_string().as_str(),
+        );
+        if let Some(id) = self.order_id {
+            headers.insert(DEAD_LETTER_ORDER_ID_HEADER, id.to_string().as_str());
+        }
+        if let Some(position) = self.position {
+            headers.insert(DEAD_LETTER_POSITION_HEADER, position.to_string().as_str());
+        }
+    }
+
+    /// The inverse of [`DeadLetter::write`]; what is missing or unreadable is left empty.
+    pub fn read(headers: &HeaderMap) -> Self {
+        let header = |name: &str| headers.get(name).map(|value| value.as_str().trim());
+        let number = |name: &str| header(name).and_then(|value| value.parse::<u64>().ok());
+        Self {
+            reason: header(DEAD_LETTER_REASON_HEADER)
+                .unwrap_or_default()
+                .to_owned(),
+            deliveries: number(DEAD_LETTER_DELIVERIES_HEADER).unwrap_or_default(),
+            orders_sequence: number(DEAD_LETTER_SEQUENCE_HEADER).unwrap_or_default(),
+            order_id: header(DEAD_LETTER_ORDER_ID_HEADER).and_then(|id| Uuid::parse_str(id).ok()),
+            position: header(DEAD_LETTER_POSITION_HEADER).and_then(|value| value.parse().ok()),
+        }
+    }
+
+    /// Whether a header of a queued order is one of these, which a dead letter takes from the
+    /// worker that stored it and never from the order.
+    pub fn is_own_header(name: &str) -> bool {
+        [
+            DEAD_LETTER_REASON_HEADER,
+            DEAD_LETTER_DELIVERIES_HEADER,
+            DEAD_LETTER_ORDER_ID_HEADER,
+            DEAD_LETTER_SEQUENCE_HEADER,
+            DEAD_LETTER_POSITION_HEADER,
+        ]
+        .iter()
+        .any(|ours| ours.eq_ignore_ascii_case(name))
+    }
+}
 
 /// Workers answer order-status requests here, as one queue group.
 pub const STATUS_SUBJECT: &str = "finalprice.status";
@@ -158,10 +245,16 @@ pub enum Outcome {
     Rejected { reason: String },
 }
 
-/// A status request: which order.
+/// A status request: which order, and where to look for it in the stream if it is not yet
+/// committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRequest {
     pub id: Uuid,
+    /// The stream sequence of the message that carried the order (its PubAck's), which the
+    /// front puts in the link it answers with; the only way to find an order that travels in
+    /// another order's envelope. Workers of earlier releases ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
 }
 
 /// The state of one order as the workers know it.
@@ -175,17 +268,179 @@ pub struct StatusReply {
 }
 
 impl StatusReply {
-    /// Order `id` still waits in the stream; `payload` is its queued message, from which only
-    /// the masked phone is taken.
-    pub fn pending(id: Uuid, payload: &[u8]) -> Self {
-        Self {
+    /// Order `id` still waits in the stream in the message with these `headers` and `payload`
+    /// (the order alone or an envelope); `None` when that message does not carry it.
+    pub fn pending(id: Uuid, headers: &HeaderMap, payload: &[u8]) -> Option<Self> {
+        let phone = if is_envelope(headers) {
+            let envelope = open_envelope(payload).ok()?;
+            let entry = envelope.iter().find(|entry| entry.order_id() == Some(id))?;
+            entry.order().ok().map(|order| order.phone.masked())
+        } else {
+            let order = decode::<NewOrder>(payload).ok();
+            if order.as_ref().is_some_and(|order| order.id != id) {
+                return None;
+            }
+            order.map(|order| order.phone.masked())
+        };
+        Some(Self {
             id,
             state: OrderState::Pending,
-            phone_masked: decode::<NewOrder>(payload)
-                .ok()
-                .map(|order| order.phone.masked()),
-        }
+            phone_masked: phone,
+        })
     }
+}
+
+/// The header that marks a message as an envelope of several orders; its value is how many.
+/// A message without it carries one [`NewOrder`], as every front before envelopes sent, and
+/// as a front still sends an order that travels alone.
+pub const ENVELOPE_HEADER: &str = "FinalPrice-Envelope";
+
+/// Whether a message with these headers is an envelope.
+pub fn is_envelope(headers: &HeaderMap) -> bool {
+    headers.get(ENVELOPE_HEADER).is_some()
+}
+
+/// Writes an envelope, `{"orders":[{"token":…,"traceparent":…,"order":{…}},…]}`, from orders
+/// each request has already encoded: the front's gathering task only copies bytes.
+#[derive(Debug)]
+pub struct EnvelopeBuilder {
+    buffer: BytesMut,
+    orders: usize,
+}
+
+impl Default for EnvelopeBuilder {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl EnvelopeBuilder {
+    const OPEN: &'static [u8] = b"{\"orders\":[";
+    const CLOSE: &'static [u8] = b"]}";
+
+    /// An empty envelope with room for about `bytes` of orders.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buffer = BytesMut::with_capacity(bytes + Self::OPEN.len() + Self::CLOSE.len());
+        buffer.put_slice(Self::OPEN);
+        Self { buffer, orders: 0 }
+    }
+
+    /// How large the envelope would be with one more entry of `order_bytes` (an upper bound,
+    /// for the front's size limit).
+    pub fn size_with(&self, order_bytes: usize) -> usize {
+        // Separator, keys and punctuation (~40), a token (≤ 20 digits), a traceparent (55).
+        self.buffer.len() + order_bytes + 120 + Self::CLOSE.len()
+    }
+
+    /// How many orders it holds.
+    pub fn len(&self) -> usize {
+        self.orders
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orders == 0
+    }
+
+    /// Adds one order: `order` is its [`encode`]d [`NewOrder`], `token` the waiter to answer
+    /// (see [`REPLY_TOKEN_HEADER`]), `traceparent` its trace context.
+    pub fn push(&mut self, order: &[u8], token: u64, traceparent: Option<&str>) {
+        if self.orders > 0 {
+            self.buffer.put_u8(b',');
+        }
+        self.buffer.put_slice(b"{\"token\":");
+        self.buffer
+            .put_slice(itoa::Buffer::new().format(token).as_bytes());
+        // A traceparent is hex digits and dashes; anything else is left out rather than escaped.
+        if let Some(traceparent) = traceparent.filter(|traceparent| {
+            traceparent
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'-')
+        }) {
+            self.buffer.put_slice(b",\"traceparent\":\"");
+            self.buffer.put_slice(traceparent.as_bytes());
+            self.buffer.put_u8(b'"');
+        }
+        self.buffer.put_slice(b",\"order\":");
+        self.buffer.put_slice(order);
+        self.buffer.put_u8(b'}');
+        self.orders += 1;
+    }
+
+    /// The envelope's payload.
+    pub fn finish(mut self) -> Bytes {
+        self.buffer.put_slice(Self::CLOSE);
+        self.buffer.freeze()
+    }
+}
+
+/// An envelope as a worker reads it: each entry on its own, so one unreadable order does not
+/// make its neighbours unreadable.
+#[derive(Debug, Deserialize)]
+struct WireEnvelope<'a> {
+    #[serde(borrow)]
+    orders: Vec<WireEntry<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireEntry<'a> {
+    #[serde(default)]
+    token: Option<u64>,
+    #[serde(default, borrow)]
+    traceparent: Option<&'a str>,
+    #[serde(borrow)]
+    order: &'a RawValue,
+}
+
+/// Only the id of an order that does not decode, to name it in its dead letter and answer
+/// its shopper.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Uuid,
+}
+
+/// One order of an opened envelope.
+#[derive(Debug)]
+pub struct EnvelopeEntry<'a> {
+    entry: WireEntry<'a>,
+}
+
+impl<'a> EnvelopeEntry<'a> {
+    /// The order, validated as a worker must (see [`NewOrder`]).
+    pub fn order(&self) -> Result<NewOrder, DecodeError> {
+        decode(self.entry.order.get().as_bytes())
+    }
+
+    /// The order's id, even when the rest of it does not decode.
+    pub fn order_id(&self) -> Option<Uuid> {
+        serde_json::from_str::<IdOnly>(self.entry.order.get())
+            .ok()
+            .map(|order| order.id)
+    }
+
+    /// The order's own bytes: a dead letter's payload, replayable as an order alone.
+    pub fn order_bytes(&self) -> &'a [u8] {
+        self.entry.order.get().as_bytes()
+    }
+
+    /// The waiter to answer within the envelope's inbox.
+    pub fn token(&self) -> Option<u64> {
+        self.entry.token
+    }
+
+    /// The trace context of the order's publish.
+    pub fn traceparent(&self) -> Option<&'a str> {
+        self.entry.traceparent
+    }
+}
+
+/// The entries of an envelope, in the order they were gathered.
+pub fn open_envelope(payload: &[u8]) -> Result<Vec<EnvelopeEntry<'_>>, DecodeError> {
+    let envelope: WireEnvelope<'_> = decode(payload)?;
+    Ok(envelope
+        .orders
+        .into_iter()
+        .map(|entry| EnvelopeEntry { entry })
+        .collect())
 }
 
 /// Where an order is on its path.

@@ -60,6 +60,27 @@ impl NatsServer {
         }
     }
 
+    /// SIGSTOP: the server hangs with its sockets open, so what clients send waits.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT after [`NatsServer::freeze`].
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.as_ref().map(Child::id).context("not running")?;
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
     /// Starts the server again on the same port and store (after [`NatsServer::kill`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

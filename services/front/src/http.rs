@@ -46,6 +46,14 @@ pub fn see_other(location: &str) -> Response<Body> {
     response
 }
 
+/// Adds `Location` (a 202's link to the order's state).
+pub fn with_location(mut response: Response<Body>, location: &str) -> Response<Body> {
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
 fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Body::new(body));
     *response.status_mut() = status;

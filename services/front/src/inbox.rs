@@ -45,6 +45,11 @@ impl Inbox {
         Ok(inbox)
     }
 
+    /// The subject every reply subject of this inbox starts with (`<prefix>.<token>`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// A new waiter; its reply subject is ready to be published.
     pub fn register(self: &Arc<Self>) -> Waiter {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);

@@ -8,12 +8,14 @@
 //! - [`routes`]: method + path → handler; security headers on every response.
 //! - [`form`]: the raw form → a validated order or per-field errors.
 //! - [`queue`]: publish + wait for the confirmation; status requests to the workers.
+//! - [`envelope`]: orders that arrive while a publish awaits its PubAck, gathered into one.
 //! - [`inbox`]: the one reply subscription and its map of waiting requests.
 //! - [`limits`]: per-client rate limiting of order submissions.
 //! - [`metrics`]: the Prometheus metrics behind `/metrics`.
 //! - [`pages`], [`http`]: templates from `ui/`, response helpers.
 
 pub mod connection;
+pub mod envelope;
 pub mod form;
 pub mod http;
 pub mod i18n;

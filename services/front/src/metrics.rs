@@ -9,7 +9,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Which route answered, as a bounded label (never the raw path).
@@ -104,6 +104,7 @@ pub struct FrontMetrics {
     confirmation_wait_seconds: Family<WaitLabels, Histogram>,
     publish_failures: Family<FailureLabels, Counter>,
     publish_retries: Family<FailureLabels, Counter>,
+    envelope_orders: Histogram,
 }
 
 impl Default for FrontMetrics {
@@ -118,6 +119,7 @@ impl Default for FrontMetrics {
             Family::<WaitLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
         let publish_failures = Family::default();
         let publish_retries = Family::default();
+        let envelope_orders = Histogram::new(exponential_buckets(1.0, 2.0, 9));
         let mut root = Registry::default();
         ProcessCollector::register(&mut root);
         let registry = root.sub_registry_with_prefix("finalprice_front");
@@ -162,6 +164,12 @@ impl Default for FrontMetrics {
              connection), by what the try before got",
             publish_retries.clone(),
         );
+        registry.register(
+            "envelope_orders",
+            "Orders per message published to the order stream (1: an order alone; more: an \
+             envelope gathered while earlier publishes awaited their PubAck)",
+            envelope_orders.clone(),
+        );
         Self {
             registry: root,
             requests,
@@ -172,6 +180,7 @@ impl Default for FrontMetrics {
             confirmation_wait_seconds,
             publish_failures,
             publish_retries,
+            envelope_orders,
         }
     }
 }
@@ -215,6 +224,11 @@ impl FrontMetrics {
         self.publish_retries
             .get_or_create(&FailureLabels { kind })
             .inc();
+    }
+
+    /// A message carrying `orders` orders is being published.
+    pub fn published(&self, orders: usize) {
+        self.envelope_orders.observe(orders as f64);
     }
 
     pub fn publish_failed(&self, kind: PublishFailure) {

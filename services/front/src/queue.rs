@@ -9,15 +9,17 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, HeaderMap, StatusCode};
+use bytes::Bytes;
 use finalprice_shared::messages::{
-    self, Confirmation, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, REPLY_TOKEN_HEADER,
-    STATUS_SUBJECT, StatusReply, StatusRequest, order_subject,
+    self, Confirmation, NewOrder, OrderState, Outcome, STATUS_SUBJECT, StatusReply, StatusRequest,
+    order_subject,
 };
 use finalprice_shared::telemetry;
 use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::envelope::{Envelopes, Limits};
 use crate::inbox::{Inbox, Reply, Waiter};
 use crate::metrics::{FrontMetrics, PublishFailure, WaitOutcome};
 
@@ -40,7 +42,16 @@ const STREAM_LOOK_FRESH: Duration = Duration::from_secs(1);
 pub enum Submitted {
     /// Committed in the database: the shopper may be told "accepted".
     Accepted,
-    /// Durable in the stream, not confirmed in time: "being saved".
+    /// Durable in the stream, not confirmed in time: "being saved". `at` is the sequence of
+    /// the message that carries it, which a status lookup needs to find an order travelling
+    /// in another order's envelope.
+    Pending { at: u64 },
+}
+
+/// What the wait after the PubAck learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirmed {
+    Accepted,
     Pending,
 }
 
@@ -89,6 +100,7 @@ pub struct Timeouts {
 pub struct OrderQueue {
     client: Client,
     js: jetstream::Context,
+    envelopes: Envelopes,
     stream_name: String,
     /// For direct gets by subject; made without a server round trip.
     stream: stream::Stream<()>,
@@ -101,19 +113,29 @@ pub struct OrderQueue {
 }
 
 impl OrderQueue {
-    /// Binds the queue to the stream named `stream_name` (which need not exist yet).
+    /// Binds the queue to the stream named `stream_name` (which need not exist yet) and
+    /// starts gathering orders into envelopes within `limits`.
     pub async fn new(
         client: Client,
         js: jetstream::Context,
         stream_name: String,
         inbox: Arc<Inbox>,
         timeouts: Timeouts,
+        limits: Limits,
         metrics: Arc<FrontMetrics>,
     ) -> Result<Self, jetstream::context::GetStreamError> {
         let stream = js.get_stream_no_info(&stream_name).await?;
+        let publisher = Publisher::new(
+            client.clone(),
+            js.clone(),
+            timeouts.publish,
+            Arc::clone(&metrics),
+        );
+        let envelopes = Envelopes::start(Arc::new(publisher), inbox.prefix(), limits);
         Ok(Self {
             client,
             js,
+            envelopes,
             stream_name,
             stream,
             inbox,
@@ -160,8 +182,9 @@ impl OrderQueue {
         reachable
     }
 
-    /// Publishes `order` and waits up to the reply timeout for a worker's confirmation.
-    /// `Ok` only once the order is durable in the stream; `Accepted` only once it is committed.
+    /// Publishes `order` (alone or in an envelope) and waits up to the reply timeout for a
+    /// worker's confirmation. `Ok` only once the order is durable in the stream; `Accepted`
+    /// only once it is committed.
     pub async fn submit(&self, order: &NewOrder) -> Result<Submitted, SubmitError> {
         let mut waiter = self.inbox.register();
         let publish_span = tracing::info_span!(
@@ -172,24 +195,31 @@ impl OrderQueue {
             messaging.destination.name = "orders",
             messaging.message.id = %order.id,
         );
-        // Boxed: its state is freed at the PubAck instead of being reserved in every request's
-        // future through the whole (longer) confirmation wait.
-        let ack = Box::pin(self.publish(order, &waiter))
+        // This span's context travels with the order, inside an envelope or as a header.
+        let traceparent = telemetry::nats::traceparent_of(&publish_span);
+        let acked = self
+            .envelopes
+            .publish(order.id, messages::encode(order), &waiter, traceparent)
             .instrument(publish_span)
-            .await?;
+            .await
+            .map_err(SubmitError::Unavailable)?;
 
         let waiting_since = Instant::now();
         let deadline = waiting_since + self.timeouts.reply;
-        let submitted = if ack.duplicate {
+        let submitted = if acked.duplicate {
             // Boxed, being rare: its state would otherwise be reserved in every request.
             Box::pin(self.confirmation_or_state(order.id, &mut waiter, deadline)).await
         } else {
             self.await_confirmation(order.id, &mut waiter, deadline)
                 .await
         };
+        let submitted = submitted.map(|submitted| match submitted {
+            Confirmed::Accepted => Submitted::Accepted,
+            Confirmed::Pending => Submitted::Pending { at: acked.sequence },
+        });
         let outcome = match &submitted {
             Ok(Submitted::Accepted) => WaitOutcome::Accepted,
-            Ok(Submitted::Pending) => WaitOutcome::Pending,
+            Ok(Submitted::Pending { .. }) => WaitOutcome::Pending,
             Err(_) => WaitOutcome::Rejected,
         };
         self.metrics
@@ -197,68 +227,17 @@ impl OrderQueue {
         submitted
     }
 
-    /// Hands `order` to the stream until its PubAck, trying again within the publish bound
-    /// when a try fails in a way that passes: a stream leader being elected ("no responders",
-    /// "temporarily unavailable", no answer), a connection lost. Every try carries the same
-    /// `Nats-Msg-Id`, so a try whose PubAck was lost but which was stored is not stored again.
-    async fn publish(&self, order: &NewOrder, waiter: &Waiter) -> Result<PublishAck, SubmitError> {
-        let deadline = Instant::now() + self.timeouts.publish;
-        let payload = messages::encode(order);
-        let mut pause = FIRST_PUBLISH_RETRY;
-        loop {
-            let mut headers = HeaderMap::new();
-            let mut id = Uuid::encode_buffer();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                &*order.id.hyphenated().encode_lower(&mut id),
-            );
-            headers.insert(REPLY_TO_HEADER, waiter.subject());
-            // Lets the worker answer this order together with the batch's others for this front.
-            headers.insert(REPLY_TOKEN_HEADER, waiter.token_text());
-            telemetry::nats::inject_current(&mut headers);
-            let attempt = async {
-                // While nats-server is away the client queues what it is given and sends it
-                // after the reconnect: an order answered 503 ("not taken, try again") would
-                // then be stored after all, and once the queue is full every send waits for
-                // the server. So nothing is handed over until the client is connected; a
-                // reconnect within the bound costs a wait, not a refusal. (A connection lost
-                // just after this look can still carry the order out later; a retry with the
-                // same key is the same order.)
-                self.until_connected().await;
-                self.js
-                    .publish_with_headers(order_subject(order.id), headers, payload.clone())
-                    .await?
-                    .await
-            };
-            // The first await may wait for an in-flight permit with no bound of its own.
-            let failure = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(ack)) => return Ok(ack),
-                Ok(Err(error)) => publish_failure(&error),
-                Err(_) if !self.connected() => PublishFailure::Disconnected,
-                Err(_) => PublishFailure::NoAck,
-            };
-            if !passes(failure) || Instant::now() + pause >= deadline {
-                self.metrics.publish_failed(failure);
-                return Err(SubmitError::Unavailable(failure));
-            }
-            tracing::debug!(?failure, ?pause, "publish failed; trying again");
-            self.metrics.publish_retried(failure);
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_PUBLISH_RETRY);
-        }
-    }
-
     async fn await_confirmation(
         &self,
         id: Uuid,
         waiter: &mut Waiter,
         deadline: Instant,
-    ) -> Result<Submitted, SubmitError> {
+    ) -> Result<Confirmed, SubmitError> {
         let reply = tokio::time::timeout_at(deadline, waiter.recv())
             .instrument(tracing::info_span!("orders await confirmation", order_id = %id))
             .await;
         let Ok(Some(reply)) = reply else {
-            return Ok(Submitted::Pending);
+            return Ok(Confirmed::Pending);
         };
         // The hand-back continues the worker's "orders confirm" span: the trace ends here.
         let received = tracing::info_span!(
@@ -285,12 +264,12 @@ impl OrderQueue {
             // Never trust an answer about another order.
             Ok(Confirmation { id: answered, .. }) if answered != id => {
                 tracing::warn!(order_id = %id, "confirmation names another order");
-                Ok(Submitted::Pending)
+                Ok(Confirmed::Pending)
             }
             Ok(Confirmation {
                 outcome: Outcome::Accepted,
                 ..
-            }) => Ok(Submitted::Accepted),
+            }) => Ok(Confirmed::Accepted),
             Ok(Confirmation {
                 outcome: Outcome::Rejected { reason },
                 ..
@@ -298,7 +277,7 @@ impl OrderQueue {
             Err(error) => {
                 // Durable but unreadable answer: do not claim a commit we cannot read.
                 tracing::warn!(%error, order_id = %id, "malformed confirmation");
-                Ok(Submitted::Pending)
+                Ok(Confirmed::Pending)
             }
         }
     }
@@ -313,36 +292,36 @@ impl OrderQueue {
         id: Uuid,
         waiter: &mut Waiter,
         deadline: Instant,
-    ) -> Result<Submitted, SubmitError> {
+    ) -> Result<Confirmed, SubmitError> {
         let confirmation = self.await_confirmation(id, waiter, deadline);
         let state = self.poll_until_accepted(id, deadline);
         tokio::pin!(confirmation, state);
         tokio::select! {
             confirmed = &mut confirmation => match confirmed {
-                Ok(Submitted::Pending) => Ok(state.await),
+                Ok(Confirmed::Pending) => Ok(state.await),
                 definite => definite,
             },
             polled = &mut state => match polled {
-                Submitted::Accepted => Ok(Submitted::Accepted),
-                Submitted::Pending => confirmation.await,
+                Confirmed::Accepted => Ok(Confirmed::Accepted),
+                Confirmed::Pending => confirmation.await,
             },
         }
     }
 
-    async fn poll_until_accepted(&self, id: Uuid, deadline: Instant) -> Submitted {
+    async fn poll_until_accepted(&self, id: Uuid, deadline: Instant) -> Confirmed {
         let mut pause = FIRST_POLL;
         loop {
-            let asked = tokio::time::timeout_at(deadline, self.status(id)).await;
+            let asked = tokio::time::timeout_at(deadline, self.status(id, None)).await;
             match asked {
                 Ok(Ok(StatusReply {
                     state: OrderState::Accepted,
                     ..
-                })) => return Submitted::Accepted,
+                })) => return Confirmed::Accepted,
                 Ok(_) => {}
-                Err(_) => return Submitted::Pending,
+                Err(_) => return Confirmed::Pending,
             }
             if Instant::now() + pause >= deadline {
-                return Submitted::Pending;
+                return Confirmed::Pending;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
@@ -355,22 +334,22 @@ impl OrderQueue {
     /// see [`Self::submit`]) and the request's hand-over included, since the connection can
     /// drop after that wait, and once the client's queue is full a send waits until NATS is
     /// back.
-    pub async fn status(&self, id: Uuid) -> Result<StatusReply, StatusError> {
-        match tokio::time::timeout(self.timeouts.status, self.ask_status(id)).await {
+    pub async fn status(&self, id: Uuid, at: Option<u64>) -> Result<StatusReply, StatusError> {
+        match tokio::time::timeout(self.timeouts.status, self.ask_status(id, at)).await {
             Ok(answer) => answer,
             Err(_) if !self.connected() => Err(StatusError::Disconnected),
             Err(_) => Err(StatusError::TimedOut),
         }
     }
 
-    async fn ask_status(&self, id: Uuid) -> Result<StatusReply, StatusError> {
+    async fn ask_status(&self, id: Uuid, at: Option<u64>) -> Result<StatusReply, StatusError> {
         self.until_connected().await;
         let mut waiter = self.inbox.register();
         self.client
             .publish_with_reply(
                 STATUS_SUBJECT,
                 waiter.subject().to_owned(),
-                messages::encode(&StatusRequest { id }),
+                messages::encode(&StatusRequest { id, at }),
             )
             .await?;
         match waiter.recv().await {
@@ -384,23 +363,121 @@ impl OrderQueue {
     }
 
     /// The workers' answer, or, when no worker answers, whether the order still waits in the
-    /// stream (the front may read the queue, never the database).
-    pub async fn status_or_queued(&self, id: Uuid) -> Result<StatusReply, StatusError> {
-        let error = match self.status(id).await {
+    /// stream (the front may read the queue, never the database): in the message at `at` (the
+    /// hint its link carries), or in the last message on its own subject.
+    pub async fn status_or_queued(
+        &self,
+        id: Uuid,
+        at: Option<u64>,
+    ) -> Result<StatusReply, StatusError> {
+        let error = match self.status(id, at).await {
             Ok(reply) => return Ok(reply),
             Err(error @ (StatusError::NoWorker | StatusError::TimedOut)) => error,
             Err(other) => return Err(other),
         };
         // The JetStream API bounds only the wait for the answer, not the hand-over (see above).
-        let queued = tokio::time::timeout(
-            self.timeouts.status,
-            self.stream.direct_get_last_for_subject(order_subject(id)),
-        )
+        let queued = tokio::time::timeout(self.timeouts.status, async {
+            if let Some(sequence) = at
+                && let Ok(message) = self.stream.direct_get(sequence).await
+                && let Some(reply) = StatusReply::pending(id, &message.headers, &message.payload)
+            {
+                return Some(reply);
+            }
+            let message = self
+                .stream
+                .direct_get_last_for_subject(order_subject(id))
+                .await
+                .ok()?;
+            StatusReply::pending(id, &message.headers, &message.payload)
+        })
         .await;
         match queued {
-            Ok(Ok(message)) => Ok(StatusReply::pending(id, &message.payload)),
+            Ok(Some(reply)) => Ok(reply),
             // Not queued, and nobody to ask whether it was committed: cannot tell.
-            Ok(Err(_)) | Err(_) => Err(error),
+            Ok(None) | Err(_) => Err(error),
+        }
+    }
+}
+
+/// Hands messages to the order stream until their PubAck, trying again within the publish
+/// bound when a try fails in a way that passes.
+#[derive(Debug)]
+pub struct Publisher {
+    client: Client,
+    js: jetstream::Context,
+    /// Handing a message to JetStream until its PubAck, tries again included.
+    bound: Duration,
+    metrics: Arc<FrontMetrics>,
+}
+
+impl Publisher {
+    pub fn new(
+        client: Client,
+        js: jetstream::Context,
+        bound: Duration,
+        metrics: Arc<FrontMetrics>,
+    ) -> Self {
+        Self {
+            client,
+            js,
+            bound,
+            metrics,
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Publishes one message carrying `orders` orders until its PubAck. A try that fails in a
+    /// way that passes (a stream leader being elected: "no responders", "temporarily
+    /// unavailable", no answer; a connection lost) is made again with the same headers, so
+    /// the same `Nats-Msg-Id`: a try whose PubAck was lost but which was stored is not stored
+    /// again. Failures are counted per order, retries per message.
+    pub async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        orders: usize,
+    ) -> Result<PublishAck, PublishFailure> {
+        let deadline = Instant::now() + self.bound;
+        let mut pause = FIRST_PUBLISH_RETRY;
+        self.metrics.published(orders);
+        loop {
+            let attempt = async {
+                // While nats-server is away the client queues what it is given and sends it
+                // after the reconnect: an order answered 503 ("not taken, try again") would
+                // then be stored after all, and once the queue is full every send waits for
+                // the server. So nothing is handed over until the client is connected; a
+                // reconnect within the bound costs a wait, not a refusal. (A connection lost
+                // just after this look can still carry the order out later; a retry with the
+                // same key is the same order.)
+                while !self.connected() {
+                    tokio::time::sleep(CONNECTION_CHECK).await;
+                }
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await?
+                    .await
+            };
+            // The first await may wait for an in-flight permit with no bound of its own.
+            let failure = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Err(error)) => publish_failure(&error),
+                Err(_) if !self.connected() => PublishFailure::Disconnected,
+                Err(_) => PublishFailure::NoAck,
+            };
+            if !passes(failure) || Instant::now() + pause >= deadline {
+                for _ in 0..orders {
+                    self.metrics.publish_failed(failure);
+                }
+                return Err(failure);
+            }
+            tracing::debug!(?failure, ?pause, orders, "publish failed; trying again");
+            self.metrics.publish_retried(failure);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PUBLISH_RETRY);
         }
     }
 }

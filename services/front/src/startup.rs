@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, Activity};
+use crate::envelope::Limits;
 use crate::i18n::Locales;
 use crate::inbox::Inbox;
 use crate::limits::ClientLimiter;
@@ -52,10 +53,15 @@ impl Application {
             .await
             .context("cannot subscribe to pings")?;
         let js = nats::jetstream(client.clone(), &config.nats);
-        let stream_name = nats::orders_stream_config(&config.nats)?.name;
         // The publish bound follows the stream's real replica count (0 configured keeps it).
+        let definition = nats::orders_stream_config(&config.nats)?;
+        let mut max_message = definition.max_message_size;
         let replicas = match nats::ensure_orders_stream(&js, &config.nats).await {
-            Ok(stream) => stream.cached_info().config.num_replicas,
+            Ok(stream) => {
+                // The stream as it is, which an older installation may have made otherwise.
+                max_message = stream.cached_info().config.max_message_size;
+                stream.cached_info().config.num_replicas
+            }
             Err(error) => {
                 tracing::warn!(error = %error, "order stream not ready yet; retrying in the background");
                 tokio::spawn(ensure_stream_later(js.clone(), config.nats.clone()));
@@ -77,13 +83,16 @@ impl Application {
             reply: config.http.reply_timeout,
             status: config.http.status_timeout,
         };
+        let limits = envelope_limits(&config.nats, max_message, client.server_info().max_payload);
+        tracing::info!(?limits, "gathering orders into envelopes");
         let metrics = Arc::new(FrontMetrics::default());
         let queue = OrderQueue::new(
             client,
             js,
-            stream_name,
+            definition.name,
             inbox,
             timeouts,
+            limits,
             Arc::clone(&metrics),
         )
         .await
@@ -257,5 +266,25 @@ async fn ensure_stream_later(js: jetstream::Context, config: NatsConfig) {
         Ok(_) => tracing::info!("order stream ready"),
         // A definition that does not parse was already refused by `build`.
         Err(error) => tracing::error!(%error, "order stream cannot be set up"),
+    }
+}
+
+/// Room left in a message for its headers (message id, inbox, trace context, the envelope's
+/// count), which the stream's and the server's size limits count too.
+const HEADER_ROOM: usize = 1024;
+
+/// The envelopes' bounds: as configured, and never larger than the order stream
+/// (`max_message`, -1 for no limit) or the server (`max_payload`) takes.
+fn envelope_limits(nats: &NatsConfig, max_message: i32, max_payload: usize) -> Limits {
+    let stream_limit = usize::try_from(max_message).unwrap_or(usize::MAX);
+    let taken = stream_limit.min(max_payload).saturating_sub(HEADER_ROOM);
+    let max_bytes = match nats.envelope_max_bytes {
+        0 => taken,
+        configured => configured.min(taken),
+    };
+    Limits {
+        max_orders: nats.envelope_max_orders,
+        max_bytes,
+        in_flight: nats.envelopes_in_flight,
     }
 }

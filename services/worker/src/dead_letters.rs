@@ -7,10 +7,7 @@ use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use finalprice_shared::config::NatsConfig;
-use finalprice_shared::messages::{
-    DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_ORDER_ID_HEADER, DEAD_LETTER_REASON_HEADER,
-    DEAD_LETTER_SEQUENCE_HEADER, order_subject,
-};
+use finalprice_shared::messages::{self, order_subject};
 use finalprice_shared::nats;
 use uuid::Uuid;
 
@@ -21,8 +18,11 @@ pub struct DeadLetter {
     pub sequence: u64,
     pub order_id: Option<Uuid>,
     pub reason: String,
-    pub deliveries: String,
-    pub orders_sequence: String,
+    pub deliveries: u64,
+    /// The sequence in `ORDERS` of the message that carried it, and its place in that
+    /// message when the message was an envelope.
+    pub orders_sequence: u64,
+    pub position: Option<usize>,
     pub dead_lettered_at: String,
 }
 
@@ -67,18 +67,14 @@ fn describe(
     headers: &HeaderMap,
     time: async_nats::datetime::DateTime,
 ) -> DeadLetter {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .map(|value| value.as_str().to_owned())
-            .unwrap_or_default()
-    };
+    let letter = messages::DeadLetter::read(headers);
     DeadLetter {
         sequence,
-        order_id: Uuid::parse_str(&header(DEAD_LETTER_ORDER_ID_HEADER)).ok(),
-        reason: header(DEAD_LETTER_REASON_HEADER),
-        deliveries: header(DEAD_LETTER_DELIVERIES_HEADER),
-        orders_sequence: header(DEAD_LETTER_SEQUENCE_HEADER),
+        order_id: letter.order_id,
+        reason: letter.reason,
+        deliveries: letter.deliveries,
+        orders_sequence: letter.orders_sequence,
+        position: letter.position,
         dead_lettered_at: time.to_string(),
     }
 }

@@ -6,6 +6,7 @@
 //!   responder until the shutdown token fires, then drain.
 //! - [`process`]: one batch → committed rows → per-order outcome; no NATS in its signature
 //!   beyond the messages, so tests drive it directly.
+//! - [`decide`]: what is done with each order once the commit has answered (pure).
 //! - [`dead_letters`]: list and replay the dead-letter stream (`just dlq`, `just dlq-replay`).
 //! - [`error`]: a failed commit → retry later, or suspect the orders.
 //! - [`report`], [`export`]: `status` and `export` for operators.
@@ -13,6 +14,7 @@
 //! - [`stats`]: counters the tests and (later) `/metrics` read.
 
 pub mod dead_letters;
+pub mod decide;
 pub mod error;
 pub mod export;
 pub mod process;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::decide::Policy;
 use crate::process::{self, BatchContext};
 use crate::stats::WorkerStats;
 use crate::status;
@@ -148,10 +149,13 @@ impl Application {
             js: self.js.clone(),
             db: self.db.clone(),
             stats: Arc::clone(&self.stats),
-            retry_delay: self.config.retry_delay,
-            retry_max_delay: self.config.retry_max_delay,
-            dead_letter_after: self.config.dead_letter_after,
+            policy: Policy {
+                dead_letter_after: self.config.dead_letter_after,
+                retry_delay: self.config.retry_delay,
+                retry_max_delay: self.config.retry_max_delay,
+            },
             commit_timeout: self.config.commit_timeout,
+            max_orders: self.config.batch_size,
         };
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let batches = TaskTracker::new();

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream;
 use async_nats::{Client, Subscriber};
-use bytes::Bytes;
 use finalprice_db::entity::orders;
 use finalprice_shared::domain::PhoneNumber;
 use finalprice_shared::messages::{
@@ -69,7 +68,7 @@ pub async fn serve(
         let Some(reply_to) = request.reply.clone() else {
             continue;
         };
-        let Ok(StatusRequest { id }) = messages::decode(&request.payload) else {
+        let Ok(StatusRequest { id, at }) = messages::decode(&request.payload) else {
             tracing::debug!("malformed status request ignored");
             continue;
         };
@@ -81,7 +80,7 @@ pub async fn serve(
             // Bounded, so a stopping worker never waits on a nats-server that is away (see
             // `HAND_OVER_WITHIN`); the front has long given up on an answer by then anyway.
             let answered = tokio::time::timeout(ANSWER_WITHIN, async {
-                match lookup(&db, &stream, id).await {
+                match lookup(&db, &stream, id, at).await {
                     Ok(reply) => {
                         if let Err(error) = client.publish(reply_to, messages::encode(&reply)).await
                         {
@@ -105,17 +104,19 @@ pub async fn serve(
 }
 
 /// The state of one order. The database is asked again after the stream, because a worker
-/// commits and then acks: an order can leave the stream between the two looks.
+/// commits and then acks: an order can leave the stream between the two looks. `at` is the
+/// front's hint of the message that carried the order (see [`StatusRequest::at`]).
 pub async fn lookup(
     db: &DatabaseConnection,
     stream: &stream::Stream,
     id: Uuid,
+    at: Option<u64>,
 ) -> Result<StatusReply, LookupError> {
     if let Some(reply) = committed(db, id).await? {
         return Ok(reply);
     }
-    if let Some(message) = queued(stream, id).await? {
-        return Ok(StatusReply::pending(id, &message));
+    if let Some(reply) = queued(stream, id, at).await? {
+        return Ok(reply);
     }
     Ok(committed(db, id).await?.unwrap_or(StatusReply {
         id,
@@ -129,28 +130,66 @@ pub async fn lookup(
 /// lookup permits for the whole JetStream request timeout.
 const LEADER_WITHIN: Duration = Duration::from_millis(500);
 
-/// The order's message while it waits in the stream. Any replica may answer a direct get, and
-/// one that lags behind (a follower still catching up, a mirror) says "not found" for an order
-/// the stream holds; so only the leader's "not found" makes an order unknown. The leader is
-/// asked only when a direct get finds nothing: never for a committed order. (On an R1 stream
-/// the leader answered the direct get already, but a mirror with `mirror_direct` may answer
-/// for any stream, so the second look is not skipped there either.)
-async fn queued(stream: &stream::Stream, id: Uuid) -> Result<Option<Bytes>, LookupError> {
-    let subject = order_subject(id);
-    match stream.direct_get_last_for_subject(subject.as_str()).await {
-        Ok(message) => return Ok(Some(message.payload)),
-        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {}
-        Err(error) => return Err(error.into()),
-    }
-    let at_leader = stream.get_last_raw_message_by_subject(&subject);
-    match tokio::time::timeout(LEADER_WITHIN, at_leader).await {
-        Ok(Ok(message)) => Ok(Some(message.payload)),
-        Ok(Err(error)) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-            Ok(None)
+/// The order while it waits in the stream: in the message at sequence `at` if that message
+/// carries it (an envelope, or the order alone), else in the last message on its own subject
+/// (an order sent alone, or the first of an envelope, whose subject it names).
+///
+/// Any replica may answer a direct get, and one that lags behind (a follower still catching
+/// up, a mirror) says "not found" for a message the stream holds; so only the leader's "not
+/// found" counts. The leader is asked only when a direct get finds nothing: never for a
+/// committed order. (On an R1 stream the leader answered the direct get already, but a mirror
+/// with `mirror_direct` may answer for any stream, so the second look is not skipped there
+/// either.)
+async fn queued(
+    stream: &stream::Stream,
+    id: Uuid,
+    at: Option<u64>,
+) -> Result<Option<StatusReply>, LookupError> {
+    if let Some(sequence) = at {
+        let message = match stream.direct_get(sequence).await {
+            Ok(message) => Some(message),
+            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {
+                let at_leader = stream.get_raw_message(sequence);
+                match tokio::time::timeout(LEADER_WITHIN, at_leader).await {
+                    Ok(Ok(message)) => Some(message),
+                    Ok(Err(error))
+                        if error.kind() == stream::RawMessageErrorKind::NoMessageFound =>
+                    {
+                        None
+                    }
+                    Ok(Err(error)) => return Err(error.into()),
+                    Err(_) => return Err(LookupError::NoLeader),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
+        // A hint that names a message not carrying the order (mistyped, or made up) is no
+        // answer: the order's own subject is looked at next.
+        if let Some(reply) =
+            message.and_then(|message| StatusReply::pending(id, &message.headers, &message.payload))
+        {
+            return Ok(Some(reply));
         }
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => Err(LookupError::NoLeader),
     }
+    let subject = order_subject(id);
+    let message = match stream.direct_get_last_for_subject(subject.as_str()).await {
+        Ok(message) => message,
+        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {
+            let at_leader = stream.get_last_raw_message_by_subject(&subject);
+            match tokio::time::timeout(LEADER_WITHIN, at_leader).await {
+                Ok(Ok(message)) => message,
+                Ok(Err(error))
+                    if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    return Ok(None);
+                }
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) => return Err(LookupError::NoLeader),
+            }
+        }
+        Err(error) => return Err(error.into()),
+    };
+    Ok(StatusReply::pending(id, &message.headers, &message.payload))
 }
 
 async fn committed(db: &DatabaseConnection, id: Uuid) -> Result<Option<StatusReply>, DbErr> {

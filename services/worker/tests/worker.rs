@@ -1,14 +1,16 @@
 //! The worker against real databases and a real nats-server: the batch commit, the status
 //! lookup, rejection of an order that can never be written, and the `migrate` command.
 
+use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use bytes::Bytes;
 use finalprice_shared::messages::{
     self, AddressedConfirmation, Confirmation, DEAD_LETTER_ORDER_ID_HEADER,
-    DEAD_LETTER_REASON_HEADER, NewOrder, OrderState, Outcome, REPLY_TO_HEADER, REPLY_TOKEN_HEADER,
-    confirmations_subject, order_subject,
+    DEAD_LETTER_REASON_HEADER, ENVELOPE_HEADER, EnvelopeBuilder, NewOrder, OrderState, Outcome,
+    REPLY_TO_HEADER, REPLY_TOKEN_HEADER, confirmations_subject, order_subject,
 };
 use finalprice_shared::nats;
 use finalprice_testkit::{Backend, NatsServer, TestDb, eventually, order};
@@ -165,16 +167,16 @@ async fn status_is_accepted_pending_or_unknown() {
     let queued = order("89991234568");
     h.enqueue(&queued).await;
 
-    let accepted = lookup(&connection, &stream, committed.id)
+    let accepted = lookup(&connection, &stream, committed.id, None)
         .await
         .expect("lookup");
     assert_eq!(accepted.state, OrderState::Accepted);
     assert_eq!(accepted.phone_masked.as_deref(), Some("+7********67"));
-    let pending = lookup(&connection, &stream, queued.id)
+    let pending = lookup(&connection, &stream, queued.id, None)
         .await
         .expect("lookup");
     assert_eq!(pending.state, OrderState::Pending);
-    let unknown = lookup(&connection, &stream, Uuid::now_v7())
+    let unknown = lookup(&connection, &stream, Uuid::now_v7(), None)
         .await
         .expect("lookup");
     assert_eq!(unknown.state, OrderState::Unknown);
@@ -290,12 +292,12 @@ async fn a_replica_that_lags_behind_cannot_make_a_queued_order_unknown() {
     )
     .await;
 
-    let pending = lookup(&connection, &orders, queued.id)
+    let pending = lookup(&connection, &orders, queued.id, None)
         .await
         .expect("lookup");
     assert_eq!(pending.state, OrderState::Pending, "{pending:?}");
     assert_eq!(pending.phone_masked.as_deref(), Some("+7********68"));
-    let unknown = lookup(&connection, &orders, Uuid::now_v7())
+    let unknown = lookup(&connection, &orders, Uuid::now_v7(), None)
         .await
         .expect("lookup");
     assert_eq!(unknown.state, OrderState::Unknown);
@@ -473,7 +475,7 @@ async fn an_order_that_can_never_be_written_is_rejected_on_its_last_delivery_and
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].order_id, Some(id));
     assert_eq!(
-        listed[0].deliveries, "3",
+        listed[0].deliveries, 3,
         "retried like a refused order before it is given up"
     );
 
@@ -572,4 +574,251 @@ async fn the_database_password_can_come_from_a_file() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// An envelope as a front publishes it: each `(order, token)` answered on `<inbox>.<token>`,
+/// the inbox named once. Returns the PubAck's sequence.
+async fn enqueue_envelope(h: &Harness, inbox: &str, orders: &[(Bytes, u64)]) -> u64 {
+    let mut builder = EnvelopeBuilder::default();
+    for (order, token) in orders {
+        builder.push(order, *token, None);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        Uuid::now_v7().to_string().as_str(),
+    );
+    headers.insert(REPLY_TO_HEADER, inbox);
+    headers.insert(ENVELOPE_HEADER, orders.len().to_string().as_str());
+    let first: serde_json::Value = serde_json::from_slice(&orders[0].0).expect("JSON");
+    let first = Uuid::parse_str(first["id"].as_str().expect("an id")).expect("a UUID");
+    h.js.publish_with_headers(order_subject(first), headers, builder.finish())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck")
+        .sequence
+}
+
+/// What arrives on a front's inbox until `until` says it has all it waits for: accepted
+/// tokens (gathered) and rejected ones (alone).
+async fn answers(
+    replies: &mut async_nats::Subscriber,
+    until: impl Fn(&HashSet<u64>, &HashSet<u64>) -> bool,
+) -> (HashSet<u64>, HashSet<u64>) {
+    let (mut accepted, mut rejected) = (HashSet::new(), HashSet::new());
+    while !until(&accepted, &rejected) {
+        let message = next(replies).await;
+        if message.subject.ends_with(".batch") {
+            let gathered: Vec<AddressedConfirmation> =
+                messages::decode(&message.payload).expect("gathered confirmations");
+            for answer in gathered {
+                assert_eq!(answer.confirmation.outcome, Outcome::Accepted);
+                accepted.insert(answer.token);
+            }
+        } else {
+            let alone: Confirmation = messages::decode(&message.payload).expect("confirmation");
+            assert!(
+                matches!(alone.outcome, Outcome::Rejected { .. }),
+                "{alone:?}"
+            );
+            let token = message.subject.rsplit('.').next().expect("a token");
+            rejected.insert(token.parse().expect("a numeric token"));
+        }
+    }
+    (accepted, rejected)
+}
+
+#[tokio::test]
+async fn a_poison_order_in_an_envelope_goes_to_the_dead_letters_alone_and_its_neighbours_are_committed()
+ {
+    let mut h = harness(Backend::Postgres).await;
+    h.config.worker.retry_delay = Duration::from_millis(20);
+    h.config.worker.dead_letter_after = 2;
+    nats::ensure_orders_stream(&h.js, &h.config.nats)
+        .await
+        .expect("stream");
+    let inbox = h.client.new_inbox();
+    let mut replies = h.client.subscribe(format!("{inbox}.*")).await.expect("sub");
+    let good: Vec<NewOrder> = (1..=3).map(|i| order(&format!("+7999000000{i}"))).collect();
+    let poison_id = Uuid::now_v7();
+    // A name the front would refuse: the worker must not trust the queue.
+    let poison = format!(
+        r#"{{"id":"{poison_id}","name":"<script>","phone":"+79991234567","created_at":"2026-11-27T00:00:00Z"}}"#
+    );
+    let sequence = enqueue_envelope(
+        &h,
+        &inbox,
+        &[
+            (messages::encode(&good[0]), 1),
+            (Bytes::from(poison.clone()), 2),
+            (messages::encode(&good[1]), 3),
+            (messages::encode(&good[2]), 4),
+        ],
+    )
+    .await;
+
+    let worker = Application::build(&h.config).await.expect("worker");
+    let stats = worker.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
+    // The neighbours are confirmed on the first delivery, before the poison is due.
+    let (accepted, rejected) = answers(&mut replies, |accepted, _| accepted.len() == 3).await;
+    assert_eq!(accepted, HashSet::from([1, 3, 4]));
+    assert!(rejected.is_empty(), "not due on the first delivery");
+    let (_, rejected) = answers(&mut replies, |_, rejected| !rejected.is_empty()).await;
+    assert_eq!(rejected, HashSet::from([2]));
+
+    let connection = h.db.connect().await.expect("connect");
+    assert_eq!(count_orders(&connection).await, 3);
+    assert_eq!(stats.snapshot().orders_rejected, 1);
+    let (js, mut letters) = dead_letters::open(&h.config.nats)
+        .await
+        .expect("dead letters");
+    let listed = dead_letters::list(&mut letters).await.expect("list");
+    assert_eq!(listed.len(), 1, "the poison alone: {listed:?}");
+    assert_eq!(listed[0].order_id, Some(poison_id));
+    assert_eq!(listed[0].orders_sequence, sequence);
+    assert_eq!(listed[0].position, Some(1));
+    assert_eq!(listed[0].deliveries, 2);
+    // Its payload is the order alone, so a replay puts back that order and no other.
+    let letter = letters
+        .get_raw_message(listed[0].sequence)
+        .await
+        .expect("the letter");
+    assert_eq!(letter.payload, poison.as_bytes());
+    let the_envelope_is_gone = eventually(Duration::from_secs(5), || async {
+        let mut orders = h.js.get_stream("ORDERS").await.expect("stream");
+        orders.info().await.expect("info").state.messages == 0
+    });
+    assert!(
+        the_envelope_is_gone.await,
+        "acked once its orders were done"
+    );
+
+    let replayed = dead_letters::replay(&js, &mut letters, &dead_letters::Selection::All)
+        .await
+        .expect("replay");
+    assert_eq!(replayed, vec![listed[0].sequence]);
+    let dead_again = eventually(Duration::from_secs(10), || async {
+        stats.snapshot().orders_rejected == 2
+    });
+    assert!(
+        dead_again.await,
+        "the replayed order is read as an order alone"
+    );
+    assert_eq!(count_orders(&connection).await, 3, "no neighbour came back");
+
+    stop.cancel();
+    running
+        .await
+        .expect("joined")
+        .expect("worker stops cleanly");
+}
+
+#[tokio::test]
+async fn the_same_key_in_two_envelopes_is_one_row_and_both_waiters_are_told_accepted() {
+    let h = harness(Backend::Sqlite).await;
+    nats::ensure_orders_stream(&h.js, &h.config.nats)
+        .await
+        .expect("stream");
+    let (front_a, front_b) = (h.client.new_inbox(), h.client.new_inbox());
+    let mut replies_a = h
+        .client
+        .subscribe(format!("{front_a}.*"))
+        .await
+        .expect("sub");
+    let mut replies_b = h
+        .client
+        .subscribe(format!("{front_b}.*"))
+        .await
+        .expect("sub");
+    let twice = order("+79990000001");
+    let (other_a, other_b) = (order("+79990000002"), order("+79990000003"));
+    enqueue_envelope(
+        &h,
+        &front_a,
+        &[
+            (messages::encode(&other_a), 1),
+            (messages::encode(&twice), 2),
+        ],
+    )
+    .await;
+    // A double click that reached another front: the same key, its own envelope.
+    enqueue_envelope(
+        &h,
+        &front_b,
+        &[
+            (messages::encode(&twice), 8),
+            (messages::encode(&other_b), 9),
+        ],
+    )
+    .await;
+
+    let worker = Application::build(&h.config).await.expect("worker");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
+    let (to_a, _) = answers(&mut replies_a, |accepted, _| accepted.len() == 2).await;
+    let (to_b, _) = answers(&mut replies_b, |accepted, _| accepted.len() == 2).await;
+    assert_eq!(to_a, HashSet::from([1, 2]));
+    assert_eq!(to_b, HashSet::from([8, 9]));
+    let connection = h.db.connect().await.expect("connect");
+    assert_eq!(count_orders(&connection).await, 3, "one row per key");
+
+    stop.cancel();
+    running
+        .await
+        .expect("joined")
+        .expect("worker stops cleanly");
+}
+
+#[tokio::test]
+async fn an_order_in_another_orders_envelope_is_found_by_the_sequence_its_link_names() {
+    let h = harness(Backend::Postgres).await;
+    let stream = nats::ensure_orders_stream(&h.js, &h.config.nats)
+        .await
+        .expect("stream");
+    let connection = h.db.connect().await.expect("connect");
+    let inbox = h.client.new_inbox();
+    let (first, second) = (order("+79990000001"), order("+79990000022"));
+    let sequence = enqueue_envelope(
+        &h,
+        &inbox,
+        &[
+            (messages::encode(&first), 1),
+            (messages::encode(&second), 2),
+        ],
+    )
+    .await;
+    let state = |id, at| {
+        let (connection, stream) = (&connection, &stream);
+        async move { lookup(connection, stream, id, at).await.expect("lookup") }
+    };
+
+    let found = state(second.id, Some(sequence)).await;
+    assert_eq!(found.state, OrderState::Pending);
+    assert_eq!(found.phone_masked.as_deref(), Some("+7********22"));
+    assert_eq!(
+        state(first.id, None).await.state,
+        OrderState::Pending,
+        "the envelope's subject names its first order"
+    );
+    // Without the hint an order further in the envelope cannot be found: the front's link and
+    // its 202's Location carry it (README, "How an order travels").
+    assert_eq!(state(second.id, None).await.state, OrderState::Unknown);
+    // A hint is no claim: one that names another message, or none, finds nothing.
+    assert_eq!(
+        state(Uuid::now_v7(), Some(sequence)).await.state,
+        OrderState::Unknown
+    );
+    assert_eq!(
+        state(second.id, Some(sequence + 1_000)).await.state,
+        OrderState::Unknown
+    );
+
+    commit_orders(&connection, [&first, &second])
+        .await
+        .expect("commit");
+    let accepted = state(second.id, Some(sequence)).await;
+    assert_eq!(accepted.state, OrderState::Accepted);
 }

@@ -160,17 +160,29 @@ async fn read_body(state: &AppState, request: Request<Incoming>) -> Result<Bytes
 }
 
 fn created(id: Uuid, outcome: Submitted, json: bool, choice: Choice) -> Response<Body> {
+    // A pending order's link names the message that carries it: an order in another order's
+    // envelope is found in the stream only by that (see `StatusRequest::at`).
+    let location = match outcome {
+        Submitted::Accepted => format!("/orders/{id}{}", choice.query()),
+        Submitted::Pending { at } => match choice.query() {
+            "" => format!("/orders/{id}?at={at}"),
+            lang => format!("/orders/{id}{lang}&at={at}"),
+        },
+    };
     match (json, outcome) {
         (true, Submitted::Accepted) => resp::json(
             StatusCode::CREATED,
             &OrderAnswer::new(id, OrderState::Accepted),
         ),
-        (true, Submitted::Pending) => resp::json(
-            StatusCode::ACCEPTED,
-            &OrderAnswer::new(id, OrderState::Pending),
+        (true, Submitted::Pending { .. }) => resp::with_location(
+            resp::json(
+                StatusCode::ACCEPTED,
+                &OrderAnswer::new(id, OrderState::Pending),
+            ),
+            &location,
         ),
         // Both outcomes land on the order's page, which tells which (and refreshes if pending).
-        (false, _) => resp::see_other(&format!("/orders/{id}{}", choice.query())),
+        (false, _) => resp::see_other(&location),
     }
 }
 
@@ -298,7 +310,9 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
     let Ok(id) = Uuid::parse_str(id) else {
         return not_found(state, json, None, choice, path);
     };
-    match state.queue.status_or_queued(id).await {
+    // The message that carries it, as its link says; anything else there is ignored.
+    let at = resp::query_value(request.uri().query(), "at").and_then(|at| at.parse::<u64>().ok());
+    match state.queue.status_or_queued(id, at).await {
         Ok(StatusReply {
             state: OrderState::Unknown,
             ..
@@ -316,7 +330,11 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
                 let done = (None, None);
                 (&t.order.accepted_title, &t.order.accepted_message, done)
             } else {
-                let refresh = refreshing(&mut frame, request, t, PENDING_REFRESH_SECS, choice);
+                if let Some(at) = at {
+                    // The other language's page must find the order too.
+                    frame.switch_href = format!("{}&at={at}", frame.switch_href);
+                }
+                let refresh = refreshing(&mut frame, request, t, PENDING_REFRESH_SECS, choice, at);
                 (&t.order.pending_title, &t.order.pending_message, refresh)
             };
             let page = MessagePage {
@@ -347,7 +365,7 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
             } else {
                 let t = state.locales.get(choice.lang);
                 let mut frame = Frame::new(&state.locales, choice, path);
-                let (note, action) = refreshing(&mut frame, request, t, seconds, choice);
+                let (note, action) = refreshing(&mut frame, request, t, seconds, choice, None);
                 let page = MessagePage {
                     frame,
                     title: &t.order.unknown_title,
@@ -374,12 +392,16 @@ fn refreshing<'t>(
     t: &'t Texts,
     seconds: u64,
     choice: Choice,
+    at: Option<u64>,
 ) -> (Option<String>, Option<Link<'t>>) {
     let stopped = resp::query_value(request.uri().query(), "refresh") == Some("off");
-    let query = match choice.query() {
+    let mut query = match choice.query() {
         "" => "?refresh=off".to_owned(),
         lang => format!("{lang}&refresh=off"),
     };
+    if let Some(at) = at {
+        query = format!("{query}&at={at}");
+    }
     let href = format!("{}{query}", request.uri().path());
     if stopped {
         (

@@ -183,7 +183,7 @@ async fn a_poison_order_is_dead_lettered_its_shopper_told_and_the_others_committ
         reason.contains("refused by the database") && reason.contains("here not on any line"),
         "{letters:?}"
     );
-    assert_eq!(letters[0].deliveries, "3");
+    assert_eq!(letters[0].deliveries, 3);
     let id = letters[0]
         .order_id
         .expect("the dead letter names its order");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use finalprice_db::entity::orders;
 use finalprice_front::Application as Front;
 use finalprice_shared::config::Config;
-use finalprice_shared::messages::order_subject;
+use finalprice_shared::messages::{ENVELOPE_HEADER, order_subject};
 pub use finalprice_testkit::eventually;
 use finalprice_testkit::load::{self, Tally, Target};
 use finalprice_testkit::{Backend, NatsServer, TestDb};
@@ -241,13 +241,35 @@ impl TestApp {
             .headers
     }
 
-    /// Messages waiting in the ORDERS stream.
+    /// Orders waiting in the ORDERS stream: one per message, or an envelope's count.
     pub async fn queued(&self) -> u64 {
         let client = async_nats::connect(self.nats.url()).await.expect("nats");
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream("ORDERS").await.expect("stream exists");
-        stream.info().await.expect("stream info").state.messages
+        let state = stream.info().await.expect("stream info").state.clone();
+        if state.messages == 0 {
+            return 0;
+        }
+        let mut orders = 0;
+        for sequence in state.first_sequence..=state.last_sequence {
+            // A work queue deletes what workers ack: gaps are normal.
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                orders += message
+                    .headers
+                    .get(ENVELOPE_HEADER)
+                    .and_then(|count| count.as_str().parse::<u64>().ok())
+                    .unwrap_or(1);
+            }
+        }
+        orders
     }
+}
+
+/// The app's ORDERS stream, as a client of its nats-server sees it.
+pub async fn orders_stream(app: &TestApp) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(app.nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    js.get_stream("ORDERS").await.expect("stream exists")
 }
 
 /// The order id from a 303's `Location: /orders/{id}`.
@@ -261,5 +283,7 @@ pub fn order_id_from_location(response: &reqwest::Response) -> Uuid {
     let id = location
         .strip_prefix("/orders/")
         .unwrap_or_else(|| panic!("Location {location} is not an order page"));
+    // A pending order's link also names the message that carries it (`?at=…`).
+    let id = id.split_once('?').map_or(id, |(id, _)| id);
     Uuid::parse_str(id).expect("the Location names a UUID")
 }

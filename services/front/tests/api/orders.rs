@@ -389,3 +389,92 @@ async fn the_form_carries_a_fresh_key_each_time() {
     assert!(Uuid::parse_str(&key(&first)).is_ok());
     app.stop().await;
 }
+
+/// The front's current value of a metric without labels, from its `/metrics`.
+async fn gauge(app: &crate::helpers::TestApp, name: &str) -> f64 {
+    let text = app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn orders_that_arrive_while_a_publish_awaits_its_puback_travel_in_one_envelope() {
+    let mut app = spawn_app_with(Backend::Postgres, |config| {
+        config.nats.envelopes_in_flight = 1;
+        config.http.reply_timeout = Duration::from_millis(200);
+    })
+    .await;
+    // A hung server holds the first publish; every order that reaches the front meanwhile is
+    // gathered behind it.
+    app.nats.freeze().expect("nats-server freezes");
+    let bodies: Vec<serde_json::Value> = (0..20)
+        .map(|i| json!({"name": "Анна", "phone": format!("+7999000{i:04}")}))
+        .collect();
+    let posts = join_all(bodies.iter().map(|body| app.post_json(body)));
+    let thaw = async {
+        let all_in = eventually(Duration::from_secs(10), || async {
+            gauge(&app, "finalprice_front_http_requests_in_flight").await >= 20.0
+        });
+        assert!(all_in.await, "the 20 orders reached the front");
+        app.nats.thaw().expect("nats-server goes on");
+    };
+    let (answers, ()) = tokio::join!(posts, thaw);
+
+    let mut links = Vec::new();
+    for answer in answers {
+        assert_eq!(answer.status(), 202, "durable, no worker to commit it");
+        let location = answer
+            .headers()
+            .get("location")
+            .expect("a 202 names where to ask")
+            .to_str()
+            .expect("ASCII")
+            .to_owned();
+        let body: serde_json::Value = answer.json().await.expect("JSON");
+        let id = body["id"].as_str().expect("an id").to_owned();
+        assert!(
+            location.starts_with(&format!("/orders/{id}?at=")),
+            "{location}"
+        );
+        links.push(location);
+    }
+    let mut stream = crate::helpers::orders_stream(&app).await;
+    let messages = stream.info().await.expect("info").state.messages;
+    assert!(
+        messages <= 2,
+        "the first publish, then one envelope of the rest: {messages} messages"
+    );
+    assert_eq!(app.queued().await, 20, "every order is in the stream");
+    // Each order's link finds it while it waits, first in its envelope or not.
+    for link in &links {
+        let (status, body) = app.get_json(link).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("pending")),
+            "{link}"
+        );
+    }
+    let page = app.get(&links[19]).await.text().await.expect("page");
+    assert!(page.contains("Заказ сохраняется"), "{page}");
+
+    app.start_worker().await;
+    let committed = eventually(Duration::from_secs(20), || async {
+        app.row_count().await == 20
+    });
+    assert!(committed.await, "every order of the envelope is committed");
+    for link in &links {
+        let (status, body) = app.get_json(link).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("accepted")),
+            "{link}"
+        );
+    }
+    app.stop().await;
+}

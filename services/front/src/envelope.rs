@@ -1,0 +1,293 @@
+//! Envelopes: the orders that reach a front while its previous publishes await their PubAck
+//! are gathered into one JetStream message and published together when a publish slot frees
+//! up, the way a Kafka producer batches. There is no timer: when the shop is quiet an order
+//! finds a free slot and travels alone, in the form every worker reads; under a burst the
+//! envelopes fill by themselves, up to a bound on orders and bytes. Each envelope costs
+//! nats-server what one order cost before (a stored message, a PubAck, a delivery, an ack and
+//! its delete, and at R3 the replication of each), so the per-order cost falls with the burst.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use finalprice_shared::messages::{
+    ENVELOPE_HEADER, EnvelopeBuilder, REPLY_TO_HEADER, REPLY_TOKEN_HEADER, order_subject,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::inbox::Waiter;
+use crate::metrics::PublishFailure;
+use crate::queue::Publisher;
+
+/// How much an order adds to an envelope besides its own bytes: separator, keys, its token
+/// (≤ 20 digits) and its traceparent (55).
+const ENTRY_OVERHEAD: usize = 120;
+
+/// The bounds of gathering.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The most orders in one envelope (1: every order alone).
+    pub max_orders: usize,
+    /// The largest envelope payload in bytes.
+    pub max_bytes: usize,
+    /// Envelopes awaiting their PubAck at once.
+    pub in_flight: usize,
+}
+
+/// What a JetStream PubAck said about the message that carried an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    /// The message's sequence in the stream: where a status lookup finds the order while it
+    /// waits there.
+    pub sequence: u64,
+    /// The order travelled alone and the stream already held a message with its key: another
+    /// submission of it (a double click), or this request's earlier try whose PubAck was lost.
+    /// (An envelope's key is its own, so an envelope stored twice is always this front's.)
+    pub duplicate: bool,
+}
+
+/// One order handed to the gatherer by its request.
+struct Item {
+    id: Uuid,
+    /// The encoded [`finalprice_shared::messages::NewOrder`].
+    order: Bytes,
+    /// The request's waiter: its whole subject (for an order alone) and its token (in an
+    /// envelope, whose inbox all its orders share).
+    reply_to: String,
+    token: u64,
+    traceparent: Option<String>,
+    done: oneshot::Sender<Result<Acked, PublishFailure>>,
+}
+
+impl Item {
+    fn size(&self) -> usize {
+        self.order.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// The front's gatherer: requests hand it their order and wait for the PubAck of the message
+/// that carried it.
+#[derive(Debug, Clone)]
+pub struct Envelopes {
+    items: mpsc::UnboundedSender<Item>,
+}
+
+impl Envelopes {
+    /// Starts the gathering task. `inbox` is the prefix of this front's reply inbox, which an
+    /// envelope names once for all its orders.
+    pub fn start(publisher: Arc<Publisher>, inbox: &str, limits: Limits) -> Self {
+        // Unbounded, yet bounded: every item is a request holding one of `http.max_in_flight`.
+        let (items, queue) = mpsc::unbounded_channel();
+        tokio::spawn(gather(queue, publisher, Arc::from(inbox), limits));
+        Self { items }
+    }
+
+    /// Hands `order` (encoded) over and waits for the PubAck of the message that carries it.
+    pub async fn publish(
+        &self,
+        id: Uuid,
+        order: Bytes,
+        waiter: &Waiter,
+        traceparent: Option<String>,
+    ) -> Result<Acked, PublishFailure> {
+        let (done, acked) = oneshot::channel();
+        let item = Item {
+            id,
+            order,
+            reply_to: waiter.subject().to_owned(),
+            token: waiter.token(),
+            traceparent,
+            done,
+        };
+        // The gatherer stops only with the runtime.
+        self.items
+            .send(item)
+            .map_err(|_| PublishFailure::Disconnected)?;
+        acked.await.unwrap_or(Err(PublishFailure::Disconnected))
+    }
+}
+
+/// Takes the next order, waits for a publish slot, then takes every order that arrived
+/// meanwhile (up to the bounds) and publishes them together in the background.
+async fn gather(
+    mut queue: mpsc::UnboundedReceiver<Item>,
+    publisher: Arc<Publisher>,
+    inbox: Arc<str>,
+    limits: Limits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
+    let mut next: Option<Item> = None;
+    loop {
+        let first = match next.take() {
+            Some(item) => item,
+            None => match queue.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        // The wait that fills envelopes: orders queue up while every slot's PubAck is pending.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        for item in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+            // A request that stopped waiting (its client left) is not published, as before.
+            if item.done.is_closed() {
+                continue;
+            }
+            if !items.is_empty() && bytes + item.size() > limits.max_bytes {
+                next = Some(item);
+                break;
+            }
+            bytes += item.size();
+            items.push(item);
+            if items.len() >= limits.max_orders {
+                break;
+            }
+        }
+        if items.is_empty() {
+            continue;
+        }
+        tokio::spawn(send(
+            Arc::clone(&publisher),
+            Arc::clone(&inbox),
+            items,
+            slot,
+        ));
+    }
+}
+
+/// Publishes `items` (alone if one, else as an envelope) and tells each its outcome.
+async fn send(
+    publisher: Arc<Publisher>,
+    inbox: Arc<str>,
+    items: Vec<Item>,
+    slot: OwnedSemaphorePermit,
+) {
+    let alone = items.len() == 1;
+    let (subject, headers, payload) = if alone {
+        single(&items[0])
+    } else {
+        envelope(&inbox, &items)
+    };
+    let acked = publisher
+        .publish(subject, headers, payload, items.len())
+        .await
+        .map(|ack| Acked {
+            sequence: ack.sequence,
+            duplicate: alone && ack.duplicate,
+        });
+    drop(slot);
+    for item in items {
+        // The request may have stopped waiting; its order is stored all the same.
+        let _ = item.done.send(acked);
+    }
+}
+
+/// An order alone: the message every front sent before envelopes, so any worker reads it,
+/// and the stream's duplicate window keys it by the order's own id.
+fn single(item: &Item) -> (String, HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    let mut id = Uuid::encode_buffer();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        &*item.id.hyphenated().encode_lower(&mut id),
+    );
+    headers.insert(REPLY_TO_HEADER, item.reply_to.as_str());
+    // Lets the worker answer this order together with the batch's others for this front.
+    headers.insert(REPLY_TOKEN_HEADER, itoa::Buffer::new().format(item.token));
+    if let Some(traceparent) = &item.traceparent {
+        headers.insert("traceparent", traceparent.as_str());
+    }
+    (order_subject(item.id), headers, item.order.clone())
+}
+
+/// Several orders as one message: a key of its own (the same on every try), the inbox once,
+/// each order with its waiter's token and trace context. Its subject names its first order,
+/// so that order is still found by subject like an order alone.
+fn envelope(inbox: &str, items: &[Item]) -> (String, HeaderMap, Bytes) {
+    let bytes: usize = items.iter().map(Item::size).sum();
+    let mut builder = EnvelopeBuilder::with_capacity(bytes);
+    for item in items {
+        builder.push(&item.order, item.token, item.traceparent.as_deref());
+    }
+    let mut headers = HeaderMap::new();
+    let mut key = Uuid::encode_buffer();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        &*Uuid::now_v7().hyphenated().encode_lower(&mut key),
+    );
+    headers.insert(REPLY_TO_HEADER, inbox);
+    headers.insert(ENVELOPE_HEADER, itoa::Buffer::new().format(items.len()));
+    (order_subject(items[0].id), headers, builder.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use finalprice_shared::domain::{Country, CustomerName, PhoneNumber};
+    use finalprice_shared::messages::{self, NewOrder, open_envelope};
+
+    use super::*;
+
+    fn item(token: u64) -> (Item, oneshot::Receiver<Result<Acked, PublishFailure>>) {
+        let order = NewOrder {
+            id: Uuid::now_v7(),
+            name: CustomerName::parse("Анна").expect("valid"),
+            phone: PhoneNumber::parse("8 999 123-45-67", Country::Russia).expect("valid"),
+            created_at: chrono::Utc::now(),
+        };
+        let (done, receiver) = oneshot::channel();
+        let item = Item {
+            id: order.id,
+            order: messages::encode(&order),
+            reply_to: format!("_INBOX.front.{token}"),
+            token,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            done,
+        };
+        (item, receiver)
+    }
+
+    #[test]
+    fn an_envelope_carries_each_order_with_its_token_and_trace() {
+        let items: Vec<Item> = (1..=3).map(|token| item(token).0).collect();
+        let (subject, headers, payload) = envelope("_INBOX.front", &items);
+        assert_eq!(subject, order_subject(items[0].id));
+        assert_eq!(
+            headers.get(REPLY_TO_HEADER).map(|v| v.as_str()),
+            Some("_INBOX.front")
+        );
+        assert_eq!(headers.get(ENVELOPE_HEADER).map(|v| v.as_str()), Some("3"));
+        assert!(payload.len() <= items.iter().map(Item::size).sum::<usize>() + 12);
+        let opened = open_envelope(&payload).expect("opens");
+        assert_eq!(opened.len(), 3);
+        for (entry, item) in opened.iter().zip(&items) {
+            assert_eq!(entry.order().expect("decodes").id, item.id);
+            assert_eq!(entry.order_id(), Some(item.id));
+            assert_eq!(entry.token(), Some(item.token));
+            assert_eq!(entry.traceparent(), item.traceparent.as_deref());
+        }
+    }
+
+    #[test]
+    fn an_order_alone_is_the_message_workers_of_every_release_read() {
+        let (item, _) = item(7);
+        let (subject, headers, payload) = single(&item);
+        assert_eq!(subject, order_subject(item.id));
+        assert_eq!(
+            headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str().to_owned()),
+            Some(item.id.to_string())
+        );
+        assert!(headers.get(ENVELOPE_HEADER).is_none());
+        assert_eq!(
+            headers.get(REPLY_TOKEN_HEADER).map(|v| v.as_str()),
+            Some("7")
+        );
+        let order: NewOrder = messages::decode(&payload).expect("an order");
+        assert_eq!(order.id, item.id);
+    }
+}
