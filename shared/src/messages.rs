@@ -131,6 +131,10 @@ pub struct Presence {
     pub instance: Uuid,
     pub version: String,
     pub started_at: DateTime<Utc>,
+    /// Whether it reads envelopes (a worker of an earlier release answers without this field).
+    /// Fronts send every order alone while any worker that answers cannot read them.
+    #[serde(default)]
+    pub reads_envelopes: bool,
 }
 
 const ORDER_SUBJECT_PREFIX: &str = "orders.";

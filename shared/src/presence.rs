@@ -19,6 +19,7 @@ pub fn this_process(service: &str) -> Presence {
         instance: Uuid::now_v7(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Utc::now(),
+        reads_envelopes: true,
     }
 }
 

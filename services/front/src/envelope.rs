@@ -7,18 +7,28 @@
 //! its delete, and at R3 the replication of each), so the per-order cost falls with the burst.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use async_nats::HeaderMap;
+use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use finalprice_shared::messages::{
     ENVELOPE_HEADER, EnvelopeBuilder, REPLY_TO_HEADER, REPLY_TOKEN_HEADER, order_subject,
 };
+use finalprice_shared::presence;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::inbox::Waiter;
 use crate::metrics::PublishFailure;
 use crate::queue::Publisher;
+
+/// How often the front asks which workers run, to learn whether all of them read envelopes.
+const WORKER_CHECK: Duration = Duration::from_secs(5);
+
+/// How long it waits for the workers' answers to one such question.
+const WORKER_ANSWERS_WITHIN: Duration = Duration::from_millis(250);
 
 /// How much an order adds to an envelope besides its own bytes: separator, keys, its token
 /// (≤ 20 digits) and its traceparent (55).
@@ -71,6 +81,8 @@ impl Item {
 #[derive(Debug, Clone)]
 pub struct Envelopes {
     items: mpsc::UnboundedSender<Item>,
+    /// Whether envelopes may be sent: false while a worker that cannot read them answers.
+    allowed: Arc<AtomicBool>,
 }
 
 impl Envelopes {
@@ -79,8 +91,45 @@ impl Envelopes {
     pub fn start(publisher: Arc<Publisher>, inbox: &str, limits: Limits) -> Self {
         // Unbounded, yet bounded: every item is a request holding one of `http.max_in_flight`.
         let (items, queue) = mpsc::unbounded_channel();
-        tokio::spawn(gather(queue, publisher, Arc::from(inbox), limits));
-        Self { items }
+        let allowed = Arc::new(AtomicBool::new(true));
+        tokio::spawn(gather(
+            queue,
+            publisher,
+            Arc::from(inbox),
+            limits,
+            Arc::clone(&allowed),
+        ));
+        Self { items, allowed }
+    }
+
+    /// Until `shutdown`, asks every few seconds which workers run, and sends orders alone
+    /// while any of them is of a release that cannot read envelopes (a rolling upgrade that
+    /// began with the fronts). With no worker answering, the last finding stands.
+    pub async fn watch_workers(&self, client: Client, shutdown: CancellationToken) {
+        loop {
+            // Bounded as a whole: with nats-server away the ping would wait for it.
+            let asked = presence::collect(&client, WORKER_ANSWERS_WITHIN);
+            if let Ok(Ok(alive)) = tokio::time::timeout(WORKER_CHECK, asked).await {
+                let workers: Vec<_> = alive
+                    .iter()
+                    .filter(|process| process.service == "finalprice-worker")
+                    .collect();
+                if let Some(old) = workers.iter().find(|worker| !worker.reads_envelopes) {
+                    if self.allowed.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            version = %old.version,
+                            "a worker that cannot read envelopes answers; orders travel alone until it is gone"
+                        );
+                    }
+                } else if !workers.is_empty() && !self.allowed.swap(true, Ordering::Relaxed) {
+                    tracing::info!("every worker reads envelopes again");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(WORKER_CHECK) => {}
+            }
+        }
     }
 
     /// Hands `order` (encoded) over and waits for the PubAck of the message that carries it.
@@ -115,6 +164,7 @@ async fn gather(
     publisher: Arc<Publisher>,
     inbox: Arc<str>,
     limits: Limits,
+    allowed: Arc<AtomicBool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
     let mut next: Option<Item> = None;
@@ -130,6 +180,11 @@ async fn gather(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
+        let max_orders = if allowed.load(Ordering::Relaxed) {
+            limits.max_orders
+        } else {
+            1
+        };
         let mut items = Vec::new();
         let mut bytes = 0;
         for item in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
@@ -143,7 +198,7 @@ async fn gather(
             }
             bytes += item.size();
             items.push(item);
-            if items.len() >= limits.max_orders {
+            if items.len() >= max_orders {
                 break;
             }
         }

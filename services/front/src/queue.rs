@@ -158,6 +158,11 @@ impl OrderQueue {
         }
     }
 
+    /// The gatherer of envelopes.
+    pub fn envelopes(&self) -> &Envelopes {
+        &self.envelopes
+    }
+
     /// The NATS client, for readiness checks.
     pub fn client(&self) -> &Client {
         &self.client

@@ -153,6 +153,17 @@ impl Application {
             presence::this_process("finalprice-front"),
             shutdown.clone(),
         ));
+        let watch = tokio::spawn({
+            let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
+            async move {
+                let client = state.queue.client().clone();
+                state
+                    .queue
+                    .envelopes()
+                    .watch_workers(client, shutdown)
+                    .await;
+            }
+        });
         let serve = |socket: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
             let _ = socket.set_nodelay(true);
             let activity = Arc::new(Activity::default());
@@ -226,6 +237,7 @@ impl Application {
             tracing::warn!("shutdown grace ran out with requests still open");
         }
         let _ = pings.await;
+        let _ = watch.await;
         let client = state.queue.client().clone();
         if let Err(error) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
             tracing::debug!(%error, "final flush timed out");

@@ -478,3 +478,62 @@ async fn orders_that_arrive_while_a_publish_awaits_its_puback_travel_in_one_enve
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn while_a_worker_that_cannot_read_envelopes_answers_every_order_travels_alone() {
+    use finalprice_shared::messages::PING_SUBJECT;
+    use futures_util::StreamExt;
+
+    // A worker of the release before envelopes, as it answers pings (no `reads_envelopes`),
+    // running before the front starts: a rolling upgrade that began with the fronts.
+    let nats = finalprice_testkit::NatsServer::start().expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let mut pings = client.subscribe(PING_SUBJECT).await.expect("sub");
+    client.flush().await.expect("flush");
+    let old_worker = tokio::spawn({
+        let client = client.clone();
+        async move {
+            while let Some(ping) = pings.next().await {
+                let answer = json!({
+                    "service": "finalprice-worker",
+                    "instance": Uuid::now_v7(),
+                    "version": "0.0.9",
+                    "started_at": "2026-11-27T00:00:00Z",
+                });
+                if let Some(reply) = ping.reply {
+                    let _ = client.publish(reply, answer.to_string().into()).await;
+                }
+            }
+        }
+    });
+    let app = crate::helpers::spawn_app_on(nats, Backend::Postgres, |config| {
+        config.nats.envelopes_in_flight = 1;
+        config.http.reply_timeout = Duration::from_millis(100);
+    })
+    .await;
+    // The front asks at start; give its answer time to arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    app.nats.freeze().expect("nats-server freezes");
+    let bodies: Vec<serde_json::Value> = (0..10)
+        .map(|i| json!({"name": "Анна", "phone": format!("+7999100{i:04}")}))
+        .collect();
+    let posts = join_all(bodies.iter().map(|body| app.post_json(body)));
+    let thaw = async {
+        let all_in = eventually(Duration::from_secs(10), || async {
+            gauge(&app, "finalprice_front_http_requests_in_flight").await >= 10.0
+        });
+        assert!(all_in.await, "the 10 orders reached the front");
+        app.nats.thaw().expect("nats-server goes on");
+    };
+    let (answers, ()) = tokio::join!(posts, thaw);
+    assert!(answers.iter().all(|answer| answer.status() == 202));
+    let mut stream = crate::helpers::orders_stream(&app).await;
+    assert_eq!(
+        stream.info().await.expect("info").state.messages,
+        10,
+        "each order alone, in the form the old worker reads"
+    );
+    old_worker.abort();
+    app.stop().await;
+}
