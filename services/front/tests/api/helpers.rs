@@ -192,6 +192,19 @@ impl TestApp {
             .expect("GET answered")
     }
 
+    /// The front's current value of a metric without labels, from its `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
     /// The committed row of order `id`, read straight from the database.
     pub async fn row(&self, id: Uuid) -> Option<orders::Model> {
         orders::Entity::find_by_id(id)

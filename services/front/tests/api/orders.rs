@@ -390,19 +390,6 @@ async fn the_form_carries_a_fresh_key_each_time() {
     app.stop().await;
 }
 
-/// The front's current value of a metric without labels, from its `/metrics`.
-async fn gauge(app: &crate::helpers::TestApp, name: &str) -> f64 {
-    let text = app
-        .get("/metrics")
-        .await
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 #[tokio::test]
 async fn orders_that_arrive_while_a_publish_awaits_its_puback_travel_in_one_envelope() {
     let mut app = spawn_app_with(Backend::Postgres, |config| {
@@ -419,7 +406,7 @@ async fn orders_that_arrive_while_a_publish_awaits_its_puback_travel_in_one_enve
     let posts = join_all(bodies.iter().map(|body| app.post_json(body)));
     let thaw = async {
         let all_in = eventually(Duration::from_secs(10), || async {
-            gauge(&app, "finalprice_front_http_requests_in_flight").await >= 20.0
+            app.metric("finalprice_front_http_requests_in_flight").await >= 20.0
         });
         assert!(all_in.await, "the 20 orders reached the front");
         app.nats.thaw().expect("nats-server goes on");
@@ -521,7 +508,7 @@ async fn while_a_worker_that_cannot_read_envelopes_answers_every_order_travels_a
     let posts = join_all(bodies.iter().map(|body| app.post_json(body)));
     let thaw = async {
         let all_in = eventually(Duration::from_secs(10), || async {
-            gauge(&app, "finalprice_front_http_requests_in_flight").await >= 10.0
+            app.metric("finalprice_front_http_requests_in_flight").await >= 10.0
         });
         assert!(all_in.await, "the 10 orders reached the front");
         app.nats.thaw().expect("nats-server goes on");

@@ -9,7 +9,9 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use std::time::Duration;
 
-use crate::helpers::{eventually, order_id_from_location, spawn_app};
+use futures_util::future::join_all;
+
+use crate::helpers::{eventually, order_id_from_location, spawn_app, spawn_app_with};
 
 fn named<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
     spans
@@ -124,5 +126,76 @@ async fn an_order_is_one_trace_across_nats_and_the_database_span_links_to_it() {
                 span.name
             );
         }
+    }
+}
+
+// One thread, as above.
+#[tokio::test(flavor = "current_thread")]
+async fn each_order_in_an_envelope_keeps_its_own_trace() {
+    let exporter = InMemorySpanExporterBuilder::new().build();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut app = spawn_app_with(Backend::Sqlite, |config| {
+        config.nats.envelopes_in_flight = 1;
+    })
+    .await;
+    app.start_worker().await;
+    tracing::callsite::rebuild_interest_cache();
+
+    // Held by a hung server, the orders after the first gather into one envelope.
+    app.nats.freeze().expect("nats-server freezes");
+    let bodies: Vec<String> = (0..5)
+        .map(|i| format!("name=Anna&phone=8999777000{i}"))
+        .collect();
+    let posts = join_all(bodies.iter().map(|body| app.post_form(body)));
+    let thaw = async {
+        let all_in = eventually(Duration::from_secs(10), || async {
+            app.metric("finalprice_front_http_requests_in_flight").await >= 5.0
+        });
+        assert!(all_in.await, "the 5 orders reached the front");
+        app.nats.thaw().expect("nats-server goes on");
+    };
+    let (answers, ()) = tokio::join!(posts, thaw);
+    assert!(answers.iter().all(|answer| answer.status() == 303));
+    let messages = app.metric("finalprice_front_envelope_orders_count").await;
+    assert!(messages <= 2.0, "5 orders in {messages} messages");
+    app.stop().await;
+
+    let finished = || exporter.get_finished_spans().expect("spans");
+    eventually(Duration::from_secs(5), || async {
+        finished()
+            .iter()
+            .filter(|span| span.name == "orders confirmation received")
+            .count()
+            == 5
+    })
+    .await;
+    let spans = finished();
+    let publishes: Vec<&SpanData> = spans
+        .iter()
+        .filter(|span| span.name == "orders publish")
+        .collect();
+    assert_eq!(publishes.len(), 5);
+    for publish in publishes {
+        let processed: Vec<&SpanData> = spans
+            .iter()
+            .filter(|span| {
+                span.name == "orders process"
+                    && span.parent_span_id == publish.span_context.span_id()
+            })
+            .collect();
+        assert_eq!(
+            processed.len(),
+            1,
+            "the worker continues each order's own publish"
+        );
+        assert_eq!(
+            processed[0].span_context.trace_id(),
+            publish.span_context.trace_id()
+        );
     }
 }
