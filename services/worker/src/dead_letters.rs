@@ -86,9 +86,14 @@ pub fn print(letters: &[DeadLetter], out: &mut impl Write) -> std::io::Result<()
         let id = letter
             .order_id
             .map_or_else(|| "-".to_owned(), |id| id.to_string());
+        // Where it came from: the ORDERS message, and its place there if that was an envelope.
+        let from = match letter.position {
+            Some(position) => format!("{}#{position}", letter.orders_sequence),
+            None => letter.orders_sequence.to_string(),
+        };
         writeln!(
             out,
-            "seq {:>6}  order {id}  at {}  deliveries {}  reason: {}",
+            "seq {:>6}  order {id}  from {from}  at {}  deliveries {}  reason: {}",
             letter.sequence, letter.dead_lettered_at, letter.deliveries, letter.reason
         )?;
     }
