@@ -2,5 +2,8 @@
 //! stack; `benches/hot_paths.rs` (`just bench`) times the hot paths in isolation.
 
 pub mod client;
+pub mod nats;
 pub mod probe;
+pub mod progress;
 pub mod report;
+pub mod schedule;

@@ -1,18 +1,28 @@
 //! `finalprice-load` (`just load`): drives a running FinalPrice with order posts over keep-alive
 //! connections, then reports confirmed orders per second, outcomes, latency percentiles, the
-//! front's memory and CPU (from its `/metrics`), checks the database for every confirmed order,
-//! and draws the run as an SVG.
+//! front's memory and CPU (from its `/metrics`), NATS messages per order (from `/varz`), checks
+//! the database for every confirmed order, and draws the run as an SVG beside a JSON report.
 //!
 //! Usage: `finalprice-load [--url http://127.0.0.1:8080] [--connections 256] [--seconds 30 |
-//! --requests N] [--hold SECONDS] [--form] [--worker-metrics HOST:PORT]
-//! [--nats-cpu] [--report target/load-report.svg]`; `--nats-cpu` adds each local nats-server's
-//! CPU per order; `--hold` keeps every connection open and idle until the
-//! last is done and then that long, to measure the front holding them; `--worker-metrics` adds
-//! that worker's memory and CPU to the report; `DATABASE_URL` names the database to check
-//! (unset: no check).
+//! --requests N] [--rate R] [--hold SECONDS] [--form] [--worker-metrics HOST:PORT]
+//! [--nats-cpu] [--nats-monitor URL[,URL…]] [--report target/load-report.svg] [--json PATH]`.
+//!
+//! Without `--rate` the loop is closed: each connection sends its next order when the last is
+//! answered, which hides queueing from the latencies, so the report adds hdrhistogram's
+//! percentiles corrected for that. `--rate R` runs an open loop instead: order i is due i / R seconds
+//! after every connection is open (for `--seconds`, or `--requests` in all), sent on
+//! whichever connection is free, its latency counted from when it was due; the report says how
+//! many started over 10 ms late. `--nats-cpu` adds each local nats-server's CPU per order;
+//! `--nats-monitor` (default `http://127.0.0.1:8222`; `just up-cluster`: add :8223 and :8224; an
+//! empty value: none) the messages and bytes per order from those servers' `/varz`;
+//! `--hold` keeps every connection open and idle until the last is done and then that long, to
+//! measure the front holding them; `--worker-metrics` adds that worker's memory and CPU to the
+//! report; `--json` writes the report for scripts (default: the SVG's path, `.json`);
+//! `DATABASE_URL` names the database to check (unset: no check). A progress line goes to stderr
+//! once a second.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,14 +30,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use finalprice_bench::client::connect;
+use finalprice_bench::nats::{self, NatsTraffic};
 use finalprice_bench::probe::{Probe, ProcessSample, sample_every};
+use finalprice_bench::progress::{self, Live};
 use finalprice_bench::report::{
-    Held, Outcome, ProcessUse, Run, check_database, latency_histogram, peak_resident_bytes,
-    render_svg, render_text,
+    Held, OpenLoop, Outcome, ProcessUse, Run, check_database, latency_histogram,
+    peak_resident_bytes, render_json, render_svg, render_text,
 };
+use finalprice_bench::schedule::{LATE, Schedule};
 use finalprice_shared::metrics::{own_cpu_seconds, process_cpu_seconds};
 use hdrhistogram::Histogram;
-use http::{HeaderValue, Request, header};
+use http::{HeaderMap, HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{Barrier, watch};
@@ -45,13 +58,18 @@ struct Args {
     connections: usize,
     seconds: Option<u64>,
     requests: Option<u64>,
+    /// Requests per second of the open loop; `None`: the closed loop.
+    rate: Option<f64>,
     hold: Option<u64>,
     form: bool,
     /// A worker's `/metrics` address (host:port).
     worker_metrics: Option<String>,
     /// Report every local nats-server's CPU over the load.
     nats_cpu: bool,
+    /// nats-servers' monitoring URLs, for `/varz`.
+    nats_monitor: Vec<String>,
     report: String,
+    json: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -60,11 +78,14 @@ fn parse_args() -> anyhow::Result<Args> {
         connections: 256,
         seconds: None,
         requests: None,
+        rate: None,
         hold: None,
         form: false,
         worker_metrics: None,
         report: "target/load-report.svg".into(),
+        json: None,
         nats_cpu: false,
+        nats_monitor: vec!["http://127.0.0.1:8222".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,16 +95,29 @@ fn parse_args() -> anyhow::Result<Args> {
             "--connections" => args.connections = value()?.parse()?,
             "--seconds" => args.seconds = Some(value()?.parse()?),
             "--requests" => args.requests = Some(value()?.parse()?),
+            "--rate" => args.rate = Some(value()?.parse()?),
             "--hold" => args.hold = Some(value()?.parse()?),
             "--form" => args.form = true,
             "--worker-metrics" => args.worker_metrics = Some(value()?),
             "--nats-cpu" => args.nats_cpu = true,
+            "--nats-monitor" => {
+                args.nats_monitor = value()?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|url| !url.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
             "--report" => args.report = value()?,
+            "--json" => args.json = Some(value()?),
             other => bail!("unknown flag {other}"),
         }
     }
     if args.seconds.is_none() && args.requests.is_none() {
         args.seconds = Some(30);
+    }
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
     }
     Ok(args)
 }
@@ -94,6 +128,31 @@ struct Lane {
     outcomes: Vec<(Uuid, Outcome)>,
     /// Confirmed orders per second since the start.
     confirmed_per_second: Vec<u64>,
+    /// Open loop only: send to answer, without the wait for a free connection.
+    service: Option<Histogram<u64>>,
+    /// Open loop only: requests sent more than `LATE` after they were due, the latest of them,
+    /// and when this connection last sent one (from the origin).
+    late: u64,
+    most_late: Duration,
+    last_start: Duration,
+    /// Of the late: overdue already when this connection came free for them.
+    late_for_a_connection: u64,
+}
+
+/// What every connection shares.
+struct Shared {
+    authority: String,
+    args: Args,
+    /// The open loop's schedule; `None`: the closed loop.
+    schedule: Option<Schedule>,
+    /// The closed loop's end (`--seconds`).
+    deadline: Option<Instant>,
+    /// The next order's number: its phone, and in the open loop its place in the schedule.
+    issued: AtomicU64,
+    run_base: u64,
+    /// Built once for the run, not parsed and hashed again for every request.
+    headers: HeaderMap,
+    live: Arc<Live>,
 }
 
 #[tokio::main]
@@ -105,12 +164,42 @@ async fn main() -> anyhow::Result<()> {
         .context("--url must be http://host:port")?
         .trim_end_matches('/')
         .to_owned();
+    let schedule = args
+        .rate
+        .map(|rate| Schedule::new(rate, args.seconds, args.requests))
+        .map(|schedule| schedule.context("--rate must be a positive number of requests per second"))
+        .transpose()?;
+    let (content_type, accept) = if args.form {
+        ("application/x-www-form-urlencoded", "text/html")
+    } else {
+        ("application/json", "application/json")
+    };
+    let headers = HeaderMap::from_iter([
+        (header::HOST, HeaderValue::from_str(&authority)?),
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::ACCEPT, HeaderValue::from_static(accept)),
+    ]);
+    // Before the clock starts: a monitor that does not answer costs up to 2 s, not load time.
+    let varz_at_start = nats::read_all(&args.nats_monitor).await;
+
     let started = Instant::now();
-    let deadline = args.seconds.map(|s| started + Duration::from_secs(s));
-    let issued = Arc::new(AtomicU64::new(0));
     // A distinct phone per order, so the database check can find duplicates by phone.
     // Random, so runs against a database kept between runs use different ranges.
     let run_base: u64 = 9_000_000_000 + (Uuid::new_v4().as_u128() % 900) as u64 * 1_000_000;
+    let live = Arc::new(Live::default());
+    let shared = Arc::new(Shared {
+        authority: authority.clone(),
+        args: args.clone(),
+        schedule,
+        deadline: args
+            .seconds
+            .filter(|_| schedule.is_none())
+            .map(|s| started + Duration::from_secs(s)),
+        issued: AtomicU64::new(0),
+        run_base,
+        headers,
+        live: Arc::clone(&live),
+    });
 
     // The front's memory and CPU are read from its own /metrics, so the figures need no access
     // to its host: once at each phase boundary, and every 250 ms for the peak and the picture.
@@ -142,25 +231,47 @@ async fn main() -> anyhow::Result<()> {
         Vec::new()
     };
 
+    // The open loop's schedule starts once every connection is open: connecting thousands
+    // takes a while, and requests due meanwhile would measure that, not the front. The closed
+    // loop starts at once, as it always has.
+    let (set_origin, origin) = watch::channel(None);
+    let connected = schedule.map(|_| Arc::new(Barrier::new(args.connections + 1)));
+    if connected.is_none() {
+        let _ = set_origin.send(Some(started));
+    }
     // A lane that is done keeps its socket until every lane is, so the front is measured
     // holding all the connections at once, and the hold starts only then.
     let loaded = Arc::new(Barrier::new(args.connections + 1));
     let (release, released) = watch::channel(false);
     let mut lanes = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        let (authority, issued, args) = (authority.clone(), Arc::clone(&issued), args.clone());
+        let (shared, connected, origin) = (Arc::clone(&shared), connected.clone(), origin.clone());
         let (loaded, mut released) = (Arc::clone(&loaded), released.clone());
         lanes.push(tokio::spawn(async move {
-            let outcome = lane(&authority, &args, deadline, &issued, run_base, started).await;
+            let outcome = lane(&shared, connected.as_deref(), origin).await;
             loaded.wait().await;
             let (lane, sender, busy_until) = outcome?;
             let _ = released.wait_for(|released| *released).await;
             anyhow::Ok((lane, !sender.is_closed(), busy_until.elapsed()))
         }));
     }
+    if let Some(connected) = &connected {
+        connected.wait().await;
+        let _ = set_origin.send(Some(Instant::now()));
+    }
+    let origin = origin.borrow().expect("set above, for either loop");
+    let terminal = std::io::stderr().is_terminal();
+    let progress = tokio::spawn(progress::print_every_second(
+        Arc::clone(&live),
+        origin,
+        terminal,
+    ));
     loaded.wait().await;
+    progress.abort();
+    progress::finish(terminal);
     let mut run = Run::new(args.connections, args.form);
-    run.elapsed = started.elapsed();
+    (run.seconds, run.requests, run.hold) = (args.seconds, args.requests, args.hold);
+    run.elapsed = origin.elapsed();
     let at_load_end = probe.sample().await;
     let generator_at_load_end = own_cpu_seconds();
     let nats_at_load_end = if args.nats_cpu {
@@ -172,6 +283,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(sampler) = worker_sampler {
         sampler.abort();
     }
+    let varz_at_load_end = nats::read_all(&args.nats_monitor).await;
     let held_from = started.elapsed();
     if let Some(hold) = args.hold {
         tokio::time::sleep(Duration::from_secs(hold)).await;
@@ -181,14 +293,31 @@ async fn main() -> anyhow::Result<()> {
     let _ = release.send(true);
     let (mut held_lanes, mut open_after_hold) = (0, 0);
     let (mut idle_shortest, mut idle_longest) = (Duration::MAX, Duration::ZERO);
+    let mut open = schedule.map(|schedule| OpenLoop {
+        schedule,
+        started: 0,
+        late: 0,
+        late_for_a_connection: 0,
+        most_late: Duration::ZERO,
+        last_start: Duration::ZERO,
+        service: latency_histogram(),
+    });
     for lane in lanes {
         match lane.await? {
-            Ok((lane, open, idle)) => {
+            Ok((lane, open_connection, idle)) => {
                 held_lanes += 1;
-                open_after_hold += usize::from(open);
+                open_after_hold += usize::from(open_connection);
                 idle_shortest = idle_shortest.min(idle);
                 idle_longest = idle_longest.max(idle);
                 run.latency.add(&lane.latency)?;
+                if let (Some(open), Some(service)) = (&mut open, &lane.service) {
+                    open.started += lane.outcomes.len() as u64;
+                    open.late += lane.late;
+                    open.late_for_a_connection += lane.late_for_a_connection;
+                    open.most_late = open.most_late.max(lane.most_late);
+                    open.last_start = open.last_start.max(lane.last_start);
+                    open.service.add(service)?;
+                }
                 run.outcomes.extend(lane.outcomes);
                 for (second, count) in lane.confirmed_per_second.into_iter().enumerate() {
                     *run.confirmed_per_second.entry(second).or_default() += count;
@@ -201,6 +330,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    run.open = open;
     let mut samples = std::mem::take(&mut *samples.lock().expect("not poisoned"));
     samples.extend([at_start, at_load_end, at_hold_end].into_iter().flatten());
     samples.sort_by_key(|sample| sample.at);
@@ -214,6 +344,13 @@ async fn main() -> anyhow::Result<()> {
             Some((format!("nats-server {label} (pid {pid})"), end - start))
         })
         .collect();
+    if !args.nats_monitor.is_empty() {
+        run.nats = Some(NatsTraffic::between(
+            &args.nats_monitor,
+            varz_at_start,
+            varz_at_load_end,
+        ));
+    }
     run.generator_cpu_seconds = generator_at_start
         .zip(generator_at_load_end)
         .map(|(start, end)| end - start);
@@ -231,15 +368,26 @@ async fn main() -> anyhow::Result<()> {
     run.front_samples = samples;
 
     if let Ok(url) = std::env::var("DATABASE_URL") {
-        let last = run_base + issued.load(Ordering::Relaxed);
+        let last = run_base + shared.issued.load(Ordering::Relaxed);
         let phones = format!("+7{run_base}")..format!("+7{last}");
         run.database = Some(check_database(&url, &run.outcomes, phones).await?);
     }
     std::fs::write(&args.report, render_svg(&run))
         .with_context(|| format!("writing {}", args.report))?;
+    let json_path = args.json.clone().unwrap_or_else(|| {
+        std::path::Path::new(&args.report)
+            .with_extension("json")
+            .to_string_lossy()
+            .into_owned()
+    });
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&render_json(&run))? + "\n",
+    )
+    .with_context(|| format!("writing {json_path}"))?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", render_text(&run))?;
-    writeln!(out, "report: {}", args.report)?;
+    writeln!(out, "report: {}, {json_path}", args.report)?;
     Ok(())
 }
 
@@ -277,47 +425,79 @@ async fn sample_if_any(probe: Option<&mut Probe>) -> Option<ProcessSample> {
     probe?.sample().await
 }
 
-/// One keep-alive connection posting orders back to back until the run ends; what it saw, and
-/// the connection, still open, for the hold, with when it last sent a request (or began to
-/// connect): the earliest the front may have seen it go idle. With thousands of connections
-/// this task may learn of an answer or a connection seconds after the front gave it.
+/// One keep-alive connection posting orders until the run ends: back to back in the closed loop,
+/// in the open loop the next order due whenever it is free. What it saw, and the connection,
+/// still open, for the hold, with when it last sent a request (or began to connect): the
+/// earliest the front may have seen it go idle. With thousands of connections this task may
+/// learn of an answer or a connection seconds after the front gave it.
 async fn lane(
-    authority: &str,
-    args: &Args,
-    deadline: Option<Instant>,
-    issued: &AtomicU64,
-    run_base: u64,
-    started: Instant,
+    shared: &Shared,
+    connected: Option<&Barrier>,
+    mut origin: watch::Receiver<Option<Instant>>,
 ) -> anyhow::Result<(Lane, SendRequest<Full<Bytes>>, Instant)> {
+    let (args, authority) = (&shared.args, shared.authority.as_str());
     let mut lane = Lane {
         latency: latency_histogram(),
         outcomes: Vec::new(),
         confirmed_per_second: Vec::new(),
+        service: shared.schedule.map(|_| latency_histogram()),
+        late: 0,
+        late_for_a_connection: 0,
+        most_late: Duration::ZERO,
+        last_start: Duration::ZERO,
     };
     let mut busy_until = Instant::now();
-    // Built once per connection, not parsed and hashed again for every request.
-    let (content_type, accept) = if args.form {
-        ("application/x-www-form-urlencoded", "text/html")
-    } else {
-        ("application/json", "application/json")
-    };
-    let headers = http::HeaderMap::from_iter([
-        (header::HOST, HeaderValue::from_str(authority)?),
-        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-        (header::ACCEPT, HeaderValue::from_static(accept)),
-    ]);
     let mut body = String::with_capacity(128);
-    let mut sender = connect(authority).await?;
+    let connecting = connect(authority).await;
+    // Every lane reaches the barrier, connected or not, or the schedule would never start.
+    if let Some(connected) = connected {
+        connected.wait().await;
+    }
+    let mut sender = connecting?;
+    let origin = origin
+        .wait_for(Option::is_some)
+        .await?
+        .context("the origin is set before it is announced")?;
     loop {
-        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            break;
-        }
-        let n = issued.fetch_add(1, Ordering::Relaxed);
-        if args.requests.is_some_and(|total| n >= total) {
-            break;
-        }
+        let n = match &shared.schedule {
+            None => {
+                if shared
+                    .deadline
+                    .is_some_and(|deadline| Instant::now() >= deadline)
+                {
+                    break;
+                }
+                let n = shared.issued.fetch_add(1, Ordering::Relaxed);
+                if args.requests.is_some_and(|total| n >= total) {
+                    break;
+                }
+                n
+            }
+            Some(schedule) => {
+                // Checked before taking a number, so the one taken is sent.
+                if origin.elapsed() > schedule.give_up_after() {
+                    break;
+                }
+                let n = shared.issued.fetch_add(1, Ordering::Relaxed);
+                if n >= schedule.total {
+                    break;
+                }
+                n
+            }
+        };
+        // A free connection takes the next order in the schedule and waits until it is due; if
+        // it is overdue (every connection was busy), it goes at once.
+        let due = match &shared.schedule {
+            Some(schedule) => {
+                let due = origin + schedule.due(n);
+                let free = Instant::now();
+                tokio::time::sleep_until(due.into()).await;
+                Some((due, free))
+            }
+            None => None,
+        };
         let key = Uuid::now_v7();
-        let phone = run_base + n;
+        let phone = shared.run_base + n;
         body.clear();
         if args.form {
             write!(body, "name=Load+Test&phone=%2B7{phone}&key={key}")?;
@@ -330,8 +510,19 @@ async fn lane(
         let mut request = Request::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = http::Uri::from_static("/orders");
-        *request.headers_mut() = headers.clone();
+        *request.headers_mut() = shared.headers.clone();
         let sent = Instant::now();
+        if let Some((due, free)) = due {
+            let late = sent.saturating_duration_since(due);
+            if late > LATE {
+                lane.late += 1;
+                // Overdue before a connection was free: the pool was too small for the front's
+                // answers at this rate, rather than the generator short of CPU.
+                lane.late_for_a_connection += u64::from(free.saturating_duration_since(due) > LATE);
+            }
+            lane.most_late = lane.most_late.max(late);
+            lane.last_start = sent - origin;
+        }
         let answer = async {
             sender.ready().await?;
             let response = sender.send_request(request).await?;
@@ -350,18 +541,33 @@ async fn lane(
             Err(_) => {
                 // The connection broke: count it, and open a new one.
                 lane.outcomes.push((key, Outcome::Failed));
+                shared.live.errors.fetch_add(1, Ordering::Relaxed);
                 busy_until = Instant::now();
                 sender = connect(authority).await?;
                 continue;
             }
         };
-        lane.latency.saturating_record(took.as_micros() as u64);
-        if matches!(outcome, Outcome::Accepted | Outcome::Answered) {
-            let second = started.elapsed().as_secs() as usize;
-            if lane.confirmed_per_second.len() <= second {
-                lane.confirmed_per_second.resize(second + 1, 0);
+        // The open loop counts from when the request was due: a wait for a free connection
+        // is part of what a shopper arriving then would see.
+        let latency = due.map_or(took, |(due, _)| due.elapsed());
+        lane.latency.saturating_record(latency.as_micros() as u64);
+        shared.live.record(latency.as_micros() as u64);
+        if let Some(service) = &mut lane.service {
+            service.saturating_record(took.as_micros() as u64);
+        }
+        match outcome {
+            Outcome::Accepted | Outcome::Answered => {
+                shared.live.confirmed.fetch_add(1, Ordering::Relaxed);
+                let second = (Instant::now() - origin).as_secs() as usize;
+                if lane.confirmed_per_second.len() <= second {
+                    lane.confirmed_per_second.resize(second + 1, 0);
+                }
+                lane.confirmed_per_second[second] += 1;
             }
-            lane.confirmed_per_second[second] += 1;
+            Outcome::Status(_) => {
+                shared.live.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Pending | Outcome::Failed => {}
         }
         lane.outcomes.push((key, outcome));
     }
