@@ -14,7 +14,7 @@ mod process;
 
 pub use cluster::NatsCluster;
 pub use db::{Backend, TestDb};
-pub use nats::NatsServer;
+pub use nats::{NatsServer, orders_in_stream};
 pub use process::{Service, binary, clean_command, free_port, operator};
 
 use figment::Figment;

@@ -182,3 +182,28 @@ fn read_ports_file(ports_dir: &Path) -> Option<u16> {
     let url = ports["nats"][0].as_str()?;
     url.rsplit(':').next()?.parse().ok()
 }
+
+/// Orders waiting in the ORDERS stream of the nats-server at `url`: one per message, or an
+/// envelope's count (its `FinalPrice-Envelope` header).
+pub async fn orders_in_stream(url: &str) -> anyhow::Result<u64> {
+    let client = async_nats::connect(url).await?;
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("ORDERS")
+        .await?;
+    let state = stream.info().await?.state.clone();
+    if state.messages == 0 {
+        return Ok(0);
+    }
+    let mut orders = 0;
+    for sequence in state.first_sequence..=state.last_sequence {
+        // A work queue deletes what workers ack: gaps are normal.
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            orders += message
+                .headers
+                .get(finalprice_shared::messages::ENVELOPE_HEADER)
+                .and_then(|count| count.as_str().parse::<u64>().ok())
+                .unwrap_or(1);
+        }
+    }
+    Ok(orders)
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use finalprice_db::entity::orders;
 use finalprice_front::Application as Front;
 use finalprice_shared::config::Config;
-use finalprice_shared::messages::{ENVELOPE_HEADER, order_subject};
+use finalprice_shared::messages::order_subject;
 pub use finalprice_testkit::eventually;
 use finalprice_testkit::load::{self, Tally, Target};
 use finalprice_testkit::{Backend, NatsServer, TestDb};
@@ -256,25 +256,9 @@ impl TestApp {
 
     /// Orders waiting in the ORDERS stream: one per message, or an envelope's count.
     pub async fn queued(&self) -> u64 {
-        let client = async_nats::connect(self.nats.url()).await.expect("nats");
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream("ORDERS").await.expect("stream exists");
-        let state = stream.info().await.expect("stream info").state.clone();
-        if state.messages == 0 {
-            return 0;
-        }
-        let mut orders = 0;
-        for sequence in state.first_sequence..=state.last_sequence {
-            // A work queue deletes what workers ack: gaps are normal.
-            if let Ok(message) = stream.get_raw_message(sequence).await {
-                orders += message
-                    .headers
-                    .get(ENVELOPE_HEADER)
-                    .and_then(|count| count.as_str().parse::<u64>().ok())
-                    .unwrap_or(1);
-            }
-        }
-        orders
+        finalprice_testkit::orders_in_stream(&self.nats.url())
+            .await
+            .expect("the stream's orders")
     }
 }
 
