@@ -176,15 +176,24 @@ async fn gather(
                 None => return,
             },
         };
+        if limits.max_orders == 1 || !allowed.load(Ordering::Relaxed) {
+            // Every order alone, as before envelopes: each publishes at once, with no slot to
+            // wait for (a slot would only bound the front's publishes, not fill envelopes).
+            if !first.done.is_closed() {
+                tokio::spawn(send(
+                    Arc::clone(&publisher),
+                    Arc::clone(&inbox),
+                    vec![first],
+                    None,
+                ));
+            }
+            continue;
+        }
         // The wait that fills envelopes: orders queue up while every slot's PubAck is pending.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let max_orders = if allowed.load(Ordering::Relaxed) {
-            limits.max_orders
-        } else {
-            1
-        };
+        let max_orders = limits.max_orders;
         let mut items = Vec::new();
         let mut bytes = 0;
         for item in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
@@ -209,7 +218,7 @@ async fn gather(
             Arc::clone(&publisher),
             Arc::clone(&inbox),
             items,
-            slot,
+            Some(slot),
         ));
     }
 }
@@ -219,7 +228,7 @@ async fn send(
     publisher: Arc<Publisher>,
     inbox: Arc<str>,
     items: Vec<Item>,
-    slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
 ) {
     let alone = items.len() == 1;
     let (subject, headers, payload) = if alone {

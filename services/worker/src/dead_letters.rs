@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use finalprice_shared::config::NatsConfig;
-use finalprice_shared::messages::{self, order_subject};
+use finalprice_shared::messages::{self, ENVELOPE_HEADER, order_subject};
 use finalprice_shared::nats;
 use uuid::Uuid;
 
@@ -135,6 +135,11 @@ pub async fn replay(
         );
         if let Some(traceparent) = message.headers.get("traceparent") {
             headers.insert("traceparent", traceparent.as_str());
+        }
+        // A whole envelope (one that a worker of an earlier release could not read, in a
+        // rolling upgrade begun with the fronts) goes back as an envelope; nobody waits on it.
+        if let Some(count) = message.headers.get(ENVELOPE_HEADER) {
+            headers.insert(ENVELOPE_HEADER, count.as_str());
         }
         js.publish_with_headers(order_subject(id), headers, message.payload.clone())
             .await?

@@ -822,3 +822,51 @@ async fn an_order_in_another_orders_envelope_is_found_by_the_sequence_its_link_n
     let accepted = state(second.id, Some(sequence)).await;
     assert_eq!(accepted.state, OrderState::Accepted);
 }
+
+#[tokio::test]
+async fn an_envelope_an_old_worker_dead_lettered_whole_is_replayed_as_an_envelope() {
+    let h = harness(Backend::Sqlite).await;
+    nats::ensure_orders_stream(&h.js, &h.config.nats)
+        .await
+        .expect("stream");
+    let (js, mut letters) = dead_letters::open(&h.config.nats)
+        .await
+        .expect("dead letters");
+    let orders = [order("+79990000001"), order("+79990000002")];
+    let mut builder = EnvelopeBuilder::default();
+    for (token, order) in orders.iter().enumerate() {
+        builder.push(&messages::encode(order), token as u64, None);
+    }
+    // As a worker of the release before envelopes stored it: the headers it carried over,
+    // the first order's id from the subject, the reason it could not read it.
+    let mut headers = HeaderMap::new();
+    headers.insert(ENVELOPE_HEADER, "2");
+    headers.insert(
+        DEAD_LETTER_ORDER_ID_HEADER,
+        orders[0].id.to_string().as_str(),
+    );
+    headers.insert(DEAD_LETTER_REASON_HEADER, "malformed or invalid order: …");
+    js.publish_with_headers(messages::dead_letter_subject(41), headers, builder.finish())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+
+    let replayed = dead_letters::replay(&js, &mut letters, &dead_letters::Selection::All)
+        .await
+        .expect("replay");
+    assert_eq!(replayed.len(), 1);
+    let worker = Application::build(&h.config).await.expect("worker");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run_until_stopped(stop.clone()));
+    let connection = h.db.connect().await.expect("connect");
+    let both = eventually(Duration::from_secs(10), || async {
+        count_orders(&connection).await == 2
+    });
+    assert!(both.await, "both orders of the envelope are committed");
+    stop.cancel();
+    running
+        .await
+        .expect("joined")
+        .expect("worker stops cleanly");
+}
