@@ -17,6 +17,7 @@ use finalprice_shared::messages::{
 };
 use finalprice_shared::presence;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -67,6 +68,9 @@ struct Item {
     reply_to: String,
     token: u64,
     traceparent: Option<String>,
+    /// The end of this order's publish bound, counted from when its request handed it over:
+    /// the time it waits here for a slot is part of it.
+    deadline: Instant,
     done: oneshot::Sender<Result<Acked, PublishFailure>>,
 }
 
@@ -81,6 +85,8 @@ impl Item {
 #[derive(Debug, Clone)]
 pub struct Envelopes {
     items: mpsc::UnboundedSender<Item>,
+    /// The publish bound of each order.
+    bound: Duration,
     /// Whether envelopes may be sent: false while a worker that cannot read them answers.
     allowed: Arc<AtomicBool>,
 }
@@ -92,6 +98,7 @@ impl Envelopes {
         // Unbounded, yet bounded: every item is a request holding one of `http.max_in_flight`.
         let (items, queue) = mpsc::unbounded_channel();
         let allowed = Arc::new(AtomicBool::new(true));
+        let bound = publisher.bound();
         tokio::spawn(gather(
             queue,
             publisher,
@@ -99,7 +106,11 @@ impl Envelopes {
             limits,
             Arc::clone(&allowed),
         ));
-        Self { items, allowed }
+        Self {
+            items,
+            bound,
+            allowed,
+        }
     }
 
     /// Until `shutdown`, asks every few seconds which workers run, and sends orders alone
@@ -147,6 +158,7 @@ impl Envelopes {
             reply_to: waiter.subject().to_owned(),
             token: waiter.token(),
             traceparent,
+            deadline: Instant::now() + self.bound,
             done,
         };
         // The gatherer stops only with the runtime.
@@ -196,9 +208,17 @@ async fn gather(
         let max_orders = limits.max_orders;
         let mut items = Vec::new();
         let mut bytes = 0;
+        let now = Instant::now();
         for item in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
             // A request that stopped waiting (its client left) is not published, as before.
             if item.done.is_closed() {
+                continue;
+            }
+            // Its bound ran out while every slot was taken (an election outlasting it): the
+            // same answer a publish of its own would have had by now.
+            if item.deadline <= now {
+                publisher.gave_up(PublishFailure::NoAck, 1);
+                let _ = item.done.send(Err(PublishFailure::NoAck));
                 continue;
             }
             if !items.is_empty() && bytes + item.size() > limits.max_bytes {
@@ -236,8 +256,14 @@ async fn send(
     } else {
         envelope(&inbox, &items)
     };
+    // The earliest bound of the orders it carries: the first's, since they queue in order.
+    let deadline = items
+        .iter()
+        .map(|item| item.deadline)
+        .min()
+        .unwrap_or_else(Instant::now);
     let acked = publisher
-        .publish(subject, headers, payload, items.len())
+        .publish(subject, headers, payload, items.len(), deadline)
         .await
         .map(|ack| Acked {
             sequence: ack.sequence,
@@ -309,6 +335,7 @@ mod tests {
             reply_to: format!("_INBOX.front.{token}"),
             token,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            deadline: Instant::now(),
             done,
         };
         (item, receiver)

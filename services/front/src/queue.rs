@@ -434,7 +434,19 @@ impl Publisher {
         self.client.connection_state() == State::Connected
     }
 
-    /// Publishes one message carrying `orders` orders until its PubAck. A try that fails in a
+    /// How long an order may take from its hand-over to its PubAck.
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
+    /// Counts `orders` orders that got no PubAck, for this reason.
+    pub fn gave_up(&self, failure: PublishFailure, orders: usize) {
+        for _ in 0..orders {
+            self.metrics.publish_failed(failure);
+        }
+    }
+
+    /// Publishes one message carrying `orders` orders until its PubAck or `deadline`. A try that fails in a
     /// way that passes (a stream leader being elected: "no responders", "temporarily
     /// unavailable", no answer; a connection lost) is made again with the same headers, so
     /// the same `Nats-Msg-Id`: a try whose PubAck was lost but which was stored is not stored
@@ -445,8 +457,8 @@ impl Publisher {
         headers: HeaderMap,
         payload: Bytes,
         orders: usize,
+        deadline: Instant,
     ) -> Result<PublishAck, PublishFailure> {
-        let deadline = Instant::now() + self.bound;
         let mut pause = FIRST_PUBLISH_RETRY;
         self.metrics.published(orders);
         loop {
@@ -474,9 +486,7 @@ impl Publisher {
                 Err(_) => PublishFailure::NoAck,
             };
             if !passes(failure) || Instant::now() + pause >= deadline {
-                for _ in 0..orders {
-                    self.metrics.publish_failed(failure);
-                }
+                self.gave_up(failure, orders);
                 return Err(failure);
             }
             tracing::debug!(?failure, ?pause, orders, "publish failed; trying again");
