@@ -266,11 +266,13 @@ pub async fn handle_batch(context: &BatchContext, messages: Vec<jetstream::Messa
     let redelivered = messages.iter().filter(|m| deliveries(m) > 1).count();
     context.stats.delivered(redelivered as u64);
     let parcels: Vec<Parcel> = messages.into_iter().map(Parcel::open).collect();
-    for chunk in chunks(parcels, context.max_orders) {
-        handle_chunk(context, chunk)
-            .instrument(batch_span.clone())
-            .await;
-    }
+    // Side by side, not one after another: a pull of envelopes can hold many times
+    // `batch_size` orders, and the last chunk's shoppers would otherwise wait for every commit
+    // before theirs (the database pool bounds how many run at once).
+    let chunks = chunks(parcels, context.max_orders)
+        .into_iter()
+        .map(|chunk| handle_chunk(context, chunk).instrument(batch_span.clone()));
+    futures_util::future::join_all(chunks).await;
 }
 
 /// The messages in groups of at most `max_orders` orders each, every message whole in one
