@@ -68,7 +68,7 @@ up-cluster-release:
     cargo build --release --workspace --bins
     BIN_DIR=target/release NATS_SERVER_BIN="{{nats_server}}" scripts/up --cluster
 
-# Load a running stack; report orders/s, latency, errors, the front's RSS and CPU, a database check; e.g. `just load --connections 256 --seconds 30` (--hold S: keep connections idle S s after; --worker-metrics 127.0.0.1:9091: the worker's RSS and CPU too; --nats-cpu: each local nats-server's CPU per order; picture: target/load-report.svg)
+# Load a running stack; report orders/s, latency, errors, the front's RSS and CPU, a database check; e.g. `just load --connections 256 --seconds 30` (--hold S: keep connections idle S s after; --worker-metrics 127.0.0.1:9091: the worker's RSS and CPU too; --nats-cpu: each local nats-server's CPU per order; --rate R: open loop, R requests/s on a fixed schedule, latency from each one's scheduled start; --nats-monitor URL,…: NATS messages per order from /varz, :8222 by default; picture target/load-report.svg, JSON beside it)
 load *args:
     cargo build --release -p finalprice-bench --bin finalprice-load
     target/release/finalprice-load {{args}}
