@@ -339,14 +339,14 @@ impl Config {
         if self.nats.ping_interval.is_zero() {
             return Err(invalid("nats.ping_interval", "must be above 0"));
         }
-        if self.nats.envelope_max_orders == 0 {
+        if !(1..=crate::messages::MAX_ENVELOPE_ORDERS).contains(&self.nats.envelope_max_orders) {
             return Err(invalid(
                 "nats.envelope_max_orders",
-                "must be at least 1 (1 sends every order alone)",
+                "must be 1 to 1024 (1 sends every order alone; workers read at most 1024)",
             ));
         }
-        if self.nats.envelopes_in_flight == 0 {
-            return Err(invalid("nats.envelopes_in_flight", "must be at least 1"));
+        if !(1..=1024).contains(&self.nats.envelopes_in_flight) {
+            return Err(invalid("nats.envelopes_in_flight", "must be 1 to 1024"));
         }
         if !self.nats.publish_timeout.is_zero()
             && self.nats.publish_timeout < self.nats.request_timeout

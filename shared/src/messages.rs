@@ -272,19 +272,22 @@ pub struct StatusReply {
 }
 
 impl StatusReply {
-    /// Order `id` still waits in the stream in the message with these `headers` and `payload`
-    /// (the order alone or an envelope); `None` when that message does not carry it.
-    pub fn pending(id: Uuid, headers: &HeaderMap, payload: &[u8]) -> Option<Self> {
+    /// Order `id` still waits in the stream in the message with this `subject`, `headers` and
+    /// `payload` (the order alone or an envelope); `None` when that message does not carry it.
+    /// An order alone is recognised by its subject (`orders.<id>`) even when it cannot be read.
+    pub fn pending(id: Uuid, subject: &str, headers: &HeaderMap, payload: &[u8]) -> Option<Self> {
         let phone = if is_envelope(headers) {
             let envelope = open_envelope(payload).ok()?;
             let entry = envelope.iter().find(|entry| entry.order_id() == Some(id))?;
             entry.order().ok().map(|order| order.phone.masked())
         } else {
-            let order = decode::<NewOrder>(payload).ok();
-            if order.as_ref().is_some_and(|order| order.id != id) {
+            if order_id_from_subject(subject) != Some(id) {
                 return None;
             }
-            order.map(|order| order.phone.masked())
+            decode::<NewOrder>(payload)
+                .ok()
+                .filter(|order| order.id == id)
+                .map(|order| order.phone.masked())
         };
         Some(Self {
             id,
@@ -298,6 +301,11 @@ impl StatusReply {
 /// A message without it carries one [`NewOrder`], as every front before envelopes sent, and
 /// as a front still sends an order that travels alone.
 pub const ENVELOPE_HEADER: &str = "FinalPrice-Envelope";
+
+/// The most orders a worker reads from one envelope; a front never gathers more (see
+/// `nats.envelope_max_orders`), and one statement of that many rows stays within SQLite's limit
+/// on bound values.
+pub const MAX_ENVELOPE_ORDERS: usize = 1024;
 
 /// Whether a message with these headers is an envelope.
 pub fn is_envelope(headers: &HeaderMap) -> bool {

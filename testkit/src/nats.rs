@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tempfile::TempDir;
 
+use finalprice_shared::messages;
+
 use crate::process::free_port;
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server.conf");
@@ -183,8 +185,8 @@ fn read_ports_file(ports_dir: &Path) -> Option<u16> {
     url.rsplit(':').next()?.parse().ok()
 }
 
-/// Orders waiting in the ORDERS stream of the nats-server at `url`: one per message, or an
-/// envelope's count (its `FinalPrice-Envelope` header).
+/// Orders waiting in the ORDERS stream of the nats-server at `url`: one per message, or the
+/// orders an envelope holds.
 pub async fn orders_in_stream(url: &str) -> anyhow::Result<u64> {
     let client = async_nats::connect(url).await?;
     let mut stream = async_nats::jetstream::new(client)
@@ -198,11 +200,12 @@ pub async fn orders_in_stream(url: &str) -> anyhow::Result<u64> {
     for sequence in state.first_sequence..=state.last_sequence {
         // A work queue deletes what workers ack: gaps are normal.
         if let Ok(message) = stream.get_raw_message(sequence).await {
-            orders += message
-                .headers
-                .get(finalprice_shared::messages::ENVELOPE_HEADER)
-                .and_then(|count| count.as_str().parse::<u64>().ok())
-                .unwrap_or(1);
+            // The entries themselves, not the header's count, which a bug could get wrong.
+            orders += if messages::is_envelope(&message.headers) {
+                messages::open_envelope(&message.payload)?.len() as u64
+            } else {
+                1
+            };
         }
     }
     Ok(orders)

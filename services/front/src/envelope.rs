@@ -28,6 +28,9 @@ use crate::queue::Publisher;
 /// How often the front asks which workers run, to learn whether all of them read envelopes.
 const WORKER_CHECK: Duration = Duration::from_secs(5);
 
+/// Looks in a row that must find no worker unable to read envelopes before they resume.
+const CLEAN_LOOKS: u32 = 3;
+
 /// How long it waits for the workers' answers to one such question.
 const WORKER_ANSWERS_WITHIN: Duration = Duration::from_millis(250);
 
@@ -85,6 +88,7 @@ impl Item {
 #[derive(Debug, Clone)]
 pub struct Envelopes {
     items: mpsc::UnboundedSender<Item>,
+    publisher: Arc<Publisher>,
     /// The publish bound of each order.
     bound: Duration,
     /// Whether envelopes may be sent: false while a worker that cannot read them answers.
@@ -97,8 +101,11 @@ impl Envelopes {
     pub fn start(publisher: Arc<Publisher>, inbox: &str, limits: Limits) -> Self {
         // Unbounded, yet bounded: every item is a request holding one of `http.max_in_flight`.
         let (items, queue) = mpsc::unbounded_channel();
-        let allowed = Arc::new(AtomicBool::new(true));
+        // Off until the first look at the workers (at start) has found none that cannot read
+        // envelopes: a front that starts beside old workers sends nothing they cannot read.
+        let allowed = Arc::new(AtomicBool::new(false));
         let bound = publisher.bound();
+        let handle = Arc::clone(&publisher);
         tokio::spawn(gather(
             queue,
             publisher,
@@ -108,6 +115,7 @@ impl Envelopes {
         ));
         Self {
             items,
+            publisher: handle,
             bound,
             allowed,
         }
@@ -115,25 +123,35 @@ impl Envelopes {
 
     /// Until `shutdown`, asks every few seconds which workers run, and sends orders alone
     /// while any of them is of a release that cannot read envelopes (a rolling upgrade that
-    /// began with the fronts). With no worker answering, the last finding stands.
+    /// began with the fronts). Envelopes start once the first look finds no such worker, and
+    /// come back only after [`CLEAN_LOOKS`] looks in a row without one: a busy old worker can
+    /// miss one look's window.
     pub async fn watch_workers(&self, client: Client, shutdown: CancellationToken) {
+        let mut clean = CLEAN_LOOKS;
         loop {
             // Bounded as a whole: with nats-server away the ping would wait for it.
             let asked = presence::collect(&client, WORKER_ANSWERS_WITHIN);
             if let Ok(Ok(alive)) = tokio::time::timeout(WORKER_CHECK, asked).await {
-                let workers: Vec<_> = alive
-                    .iter()
-                    .filter(|process| process.service == "finalprice-worker")
-                    .collect();
-                if let Some(old) = workers.iter().find(|worker| !worker.reads_envelopes) {
+                let old = alive.iter().find(|process| {
+                    process.service == "finalprice-worker" && !process.reads_envelopes
+                });
+                if let Some(old) = old {
+                    clean = 0;
+                    self.publisher.metrics().envelopes_on(false);
                     if self.allowed.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
                             version = %old.version,
                             "a worker that cannot read envelopes answers; orders travel alone until it is gone"
                         );
                     }
-                } else if !workers.is_empty() && !self.allowed.swap(true, Ordering::Relaxed) {
-                    tracing::info!("every worker reads envelopes again");
+                } else {
+                    clean += 1;
+                    if clean >= CLEAN_LOOKS && !self.allowed.swap(true, Ordering::Relaxed) {
+                        self.publisher.metrics().envelopes_on(true);
+                        tracing::info!(
+                            "no worker that cannot read envelopes answers; gathering orders"
+                        );
+                    }
                 }
             }
             tokio::select! {
@@ -161,11 +179,20 @@ impl Envelopes {
             deadline: Instant::now() + self.bound,
             done,
         };
+        let deadline = item.deadline;
         // The gatherer stops only with the runtime.
         self.items
             .send(item)
             .map_err(|_| PublishFailure::Disconnected)?;
-        acked.await.unwrap_or(Err(PublishFailure::Disconnected))
+        // Each order keeps its own bound, whatever the envelope it went into still tries.
+        match tokio::time::timeout_at(deadline, acked).await {
+            Ok(acked) => acked.unwrap_or(Err(PublishFailure::Disconnected)),
+            Err(_) => {
+                let failure = self.publisher.failure_now();
+                self.publisher.gave_up(failure, 1);
+                Err(failure)
+            }
+        }
     }
 }
 
@@ -214,11 +241,9 @@ async fn gather(
             if item.done.is_closed() {
                 continue;
             }
-            // Its bound ran out while every slot was taken (an election outlasting it): the
-            // same answer a publish of its own would have had by now.
+            // Its bound ran out while every slot was taken (an election outlasting it): its
+            // request has answered by now as a publish of its own would have (no PubAck).
             if item.deadline <= now {
-                publisher.gave_up(PublishFailure::NoAck, 1);
-                let _ = item.done.send(Err(PublishFailure::NoAck));
                 continue;
             }
             if !items.is_empty() && bytes + item.size() > limits.max_bytes {
@@ -256,11 +281,12 @@ async fn send(
     } else {
         envelope(&inbox, &items)
     };
-    // The earliest bound of the orders it carries: the first's, since they queue in order.
+    // Tried for as long as any of its orders still waits: an order near its bound must not cut
+    // short the newer ones beside it (each request gives up at its own bound, see `publish`).
     let deadline = items
         .iter()
         .map(|item| item.deadline)
-        .min()
+        .max()
         .unwrap_or_else(Instant::now);
     let acked = publisher
         .publish(subject, headers, payload, items.len(), deadline)
@@ -270,6 +296,11 @@ async fn send(
             duplicate: alone && ack.duplicate,
         });
     drop(slot);
+    if let Err(failure) = acked {
+        // Those whose requests gave up at their own bound counted themselves.
+        let waiting = items.iter().filter(|item| !item.done.is_closed()).count();
+        publisher.gave_up(failure, waiting);
+    }
     for item in items {
         // The request may have stopped waiting; its order is stored all the same.
         let _ = item.done.send(acked);

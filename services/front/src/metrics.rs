@@ -105,6 +105,7 @@ pub struct FrontMetrics {
     publish_failures: Family<FailureLabels, Counter>,
     publish_retries: Family<FailureLabels, Counter>,
     envelope_orders: Histogram,
+    envelopes_on: Gauge,
 }
 
 impl Default for FrontMetrics {
@@ -120,6 +121,7 @@ impl Default for FrontMetrics {
         let publish_failures = Family::default();
         let publish_retries = Family::default();
         let envelope_orders = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        let envelopes_on = Gauge::default();
         let mut root = Registry::default();
         ProcessCollector::register(&mut root);
         let registry = root.sub_registry_with_prefix("finalprice_front");
@@ -170,6 +172,13 @@ impl Default for FrontMetrics {
              envelope gathered while earlier publishes awaited their PubAck)",
             envelope_orders.clone(),
         );
+        registry.register(
+            "envelopes_on",
+            "1 while this front gathers orders into envelopes; 0 while it sends each alone (at \
+             start until it has looked at the workers, and while one that cannot read \
+             envelopes answers)",
+            envelopes_on.clone(),
+        );
         Self {
             registry: root,
             requests,
@@ -181,6 +190,7 @@ impl Default for FrontMetrics {
             publish_failures,
             publish_retries,
             envelope_orders,
+            envelopes_on,
         }
     }
 }
@@ -224,6 +234,11 @@ impl FrontMetrics {
         self.publish_retries
             .get_or_create(&FailureLabels { kind })
             .inc();
+    }
+
+    /// Whether this front gathers orders into envelopes now.
+    pub fn envelopes_on(&self, on: bool) {
+        self.envelopes_on.set(i64::from(on));
     }
 
     /// A message carrying `orders` orders is being published.

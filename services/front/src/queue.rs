@@ -384,7 +384,8 @@ impl OrderQueue {
         let queued = tokio::time::timeout(self.timeouts.status, async {
             if let Some(sequence) = at
                 && let Ok(message) = self.stream.direct_get(sequence).await
-                && let Some(reply) = StatusReply::pending(id, &message.headers, &message.payload)
+                && let Some(reply) =
+                    StatusReply::pending(id, &message.subject, &message.headers, &message.payload)
             {
                 return Some(reply);
             }
@@ -393,7 +394,7 @@ impl OrderQueue {
                 .direct_get_last_for_subject(order_subject(id))
                 .await
                 .ok()?;
-            StatusReply::pending(id, &message.headers, &message.payload)
+            StatusReply::pending(id, &message.subject, &message.headers, &message.payload)
         })
         .await;
         match queued {
@@ -439,6 +440,20 @@ impl Publisher {
         self.bound
     }
 
+    /// Why a publish that ran out of time now got no PubAck: no connection, or no answer.
+    pub fn failure_now(&self) -> PublishFailure {
+        if self.connected() {
+            PublishFailure::NoAck
+        } else {
+            PublishFailure::Disconnected
+        }
+    }
+
+    /// The front's metrics.
+    pub fn metrics(&self) -> &FrontMetrics {
+        &self.metrics
+    }
+
     /// Counts `orders` orders that got no PubAck, for this reason.
     pub fn gave_up(&self, failure: PublishFailure, orders: usize) {
         for _ in 0..orders {
@@ -450,7 +465,7 @@ impl Publisher {
     /// way that passes (a stream leader being elected: "no responders", "temporarily
     /// unavailable", no answer; a connection lost) is made again with the same headers, so
     /// the same `Nats-Msg-Id`: a try whose PubAck was lost but which was stored is not stored
-    /// again. Failures are counted per order, retries per message.
+    /// again. Retries are counted per message; the caller counts failures per order.
     pub async fn publish(
         &self,
         subject: String,
@@ -486,7 +501,6 @@ impl Publisher {
                 Err(_) => PublishFailure::NoAck,
             };
             if !passes(failure) || Instant::now() + pause >= deadline {
-                self.gave_up(failure, orders);
                 return Err(failure);
             }
             tracing::debug!(?failure, ?pause, orders, "publish failed; trying again");

@@ -217,12 +217,27 @@ fn whole_message(
     }
 }
 
-/// Each order of an envelope, read on its own.
+/// Each order of an envelope, read on its own. An envelope that cannot be opened, holds more
+/// orders than [`messages::MAX_ENVELOPE_ORDERS`] or not as many as its header says is no
+/// front's: it goes to the dead-letter stream whole, and costs no work per entry.
 fn envelope_entries(message: &jetstream::Message, delivered: i64) -> Vec<Entry> {
     let entries = match messages::open_envelope(&message.payload) {
         Ok(entries) => entries,
         Err(error) => return vec![whole_message(message, delivered, Some(error.to_string()))],
     };
+    let announced = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(messages::ENVELOPE_HEADER))
+        .and_then(|count| count.as_str().trim().parse::<usize>().ok());
+    if entries.len() > messages::MAX_ENVELOPE_ORDERS || announced != Some(entries.len()) {
+        let reason = format!(
+            "an envelope of {} orders announced as {announced:?} (at most {})",
+            entries.len(),
+            messages::MAX_ENVELOPE_ORDERS
+        );
+        return vec![whole_message(message, delivered, Some(reason))];
+    }
     entries
         .iter()
         .enumerate()

@@ -145,31 +145,10 @@ async fn queued(
     id: Uuid,
     at: Option<u64>,
 ) -> Result<Option<StatusReply>, LookupError> {
-    if let Some(sequence) = at {
-        let message = match stream.direct_get(sequence).await {
-            Ok(message) => Some(message),
-            Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {
-                let at_leader = stream.get_raw_message(sequence);
-                match tokio::time::timeout(LEADER_WITHIN, at_leader).await {
-                    Ok(Ok(message)) => Some(message),
-                    Ok(Err(error))
-                        if error.kind() == stream::RawMessageErrorKind::NoMessageFound =>
-                    {
-                        None
-                    }
-                    Ok(Err(error)) => return Err(error.into()),
-                    Err(_) => return Err(LookupError::NoLeader),
-                }
-            }
-            Err(error) => return Err(error.into()),
-        };
-        // A hint that names a message not carrying the order (mistyped, or made up) is no
-        // answer: the order's own subject is looked at next.
-        if let Some(reply) =
-            message.and_then(|message| StatusReply::pending(id, &message.headers, &message.payload))
-        {
-            return Ok(Some(reply));
-        }
+    if let Some(sequence) = at
+        && let Some(reply) = at_sequence(stream, id, sequence).await
+    {
+        return Ok(Some(reply));
     }
     let subject = order_subject(id);
     let message = match stream.direct_get_last_for_subject(subject.as_str()).await {
@@ -189,7 +168,33 @@ async fn queued(
         }
         Err(error) => return Err(error.into()),
     };
-    Ok(StatusReply::pending(id, &message.headers, &message.payload))
+    Ok(StatusReply::pending(
+        id,
+        &message.subject,
+        &message.headers,
+        &message.payload,
+    ))
+}
+
+/// The order in the message at `sequence`, if that message carries it. The hint comes from a
+/// URL anyone can write: whatever goes wrong with it (no such message, a sequence the server
+/// refuses, no leader to ask) is no answer, and the order's own subject is looked at next.
+async fn at_sequence(stream: &stream::Stream, id: Uuid, sequence: u64) -> Option<StatusReply> {
+    let message = match stream.direct_get(sequence).await {
+        Ok(message) => message,
+        Err(error) if error.kind() == stream::DirectGetErrorKind::NotFound => {
+            let at_leader = stream.get_raw_message(sequence);
+            match tokio::time::timeout(LEADER_WITHIN, at_leader).await {
+                Ok(Ok(message)) => message,
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, sequence, "status hint not readable");
+            return None;
+        }
+    };
+    StatusReply::pending(id, &message.subject, &message.headers, &message.payload)
 }
 
 async fn committed(db: &DatabaseConnection, id: Uuid) -> Result<Option<StatusReply>, DbErr> {

@@ -633,7 +633,8 @@ async fn answers(
 async fn a_poison_order_in_an_envelope_goes_to_the_dead_letters_alone_and_its_neighbours_are_committed()
  {
     let mut h = harness(Backend::Postgres).await;
-    h.config.worker.retry_delay = Duration::from_millis(20);
+    // Long enough that the first delivery's answers come well before the second delivery.
+    h.config.worker.retry_delay = Duration::from_secs(2);
     h.config.worker.dead_letter_after = 2;
     nats::ensure_orders_stream(&h.js, &h.config.nats)
         .await
@@ -666,6 +667,15 @@ async fn a_poison_order_in_an_envelope_goes_to_the_dead_letters_alone_and_its_ne
     let (accepted, rejected) = answers(&mut replies, |accepted, _| accepted.len() == 3).await;
     assert_eq!(accepted, HashSet::from([1, 3, 4]));
     assert!(rejected.is_empty(), "not due on the first delivery");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        h.js.get_consumer_from_stream("workers", "ORDERS")
+            .await
+            .expect("consumer");
+    assert_eq!(
+        consumer.info().await.expect("info").num_redelivered,
+        0,
+        "the neighbours were answered on the first delivery, not with the poison's last"
+    );
     let (_, rejected) = answers(&mut replies, |_, rejected| !rejected.is_empty()).await;
     assert_eq!(rejected, HashSet::from([2]));
 

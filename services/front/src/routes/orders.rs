@@ -311,7 +311,9 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
         return not_found(state, json, None, choice, path);
     };
     // The message that carries it, as its link says; anything else there is ignored.
-    let at = resp::query_value(request.uri().query(), "at").and_then(|at| at.parse::<u64>().ok());
+    let at = resp::query_value(request.uri().query(), "at")
+        .and_then(|at| at.parse::<u64>().ok())
+        .filter(|&at| at > 0);
     match state.queue.status_or_queued(id, at).await {
         Ok(StatusReply {
             state: OrderState::Unknown,
@@ -365,7 +367,7 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
             } else {
                 let t = state.locales.get(choice.lang);
                 let mut frame = Frame::new(&state.locales, choice, path);
-                let (note, action) = refreshing(&mut frame, request, t, seconds, choice, None);
+                let (note, action) = refreshing(&mut frame, request, t, seconds, choice, at);
                 let page = MessagePage {
                     frame,
                     title: &t.order.unknown_title,

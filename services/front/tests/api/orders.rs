@@ -397,6 +397,13 @@ async fn orders_that_arrive_while_a_publish_awaits_its_puback_travel_in_one_enve
         config.http.reply_timeout = Duration::from_millis(200);
     })
     .await;
+    let gathering = eventually(Duration::from_secs(10), || async {
+        app.metric("finalprice_front_envelopes_on").await == 1.0
+    });
+    assert!(
+        gathering.await,
+        "the front gathers once it has looked at the workers"
+    );
     // A hung server holds the first publish; every order that reaches the front meanwhile is
     // gathered behind it.
     app.nats.freeze().expect("nats-server freezes");
@@ -500,6 +507,7 @@ async fn while_a_worker_that_cannot_read_envelopes_answers_every_order_travels_a
     .await;
     // The front asks at start; give its answer time to arrive.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.metric("finalprice_front_envelopes_on").await, 0.0);
 
     app.nats.freeze().expect("nats-server freezes");
     let bodies: Vec<serde_json::Value> = (0..10)

@@ -146,6 +146,13 @@ async fn each_order_in_an_envelope_keeps_its_own_trace() {
     app.start_worker().await;
     tracing::callsite::rebuild_interest_cache();
 
+    let gathering = eventually(Duration::from_secs(10), || async {
+        app.metric("finalprice_front_envelopes_on").await == 1.0
+    });
+    assert!(
+        gathering.await,
+        "the front gathers once it has looked at the workers"
+    );
     // Held by a hung server, the orders after the first gather into one envelope.
     app.nats.freeze().expect("nats-server freezes");
     let bodies: Vec<String> = (0..5)
@@ -166,15 +173,24 @@ async fn each_order_in_an_envelope_keeps_its_own_trace() {
     app.stop().await;
 
     let finished = || exporter.get_finished_spans().expect("spans");
-    eventually(Duration::from_secs(5), || async {
+    let all_ended = eventually(Duration::from_secs(5), || async {
         finished()
             .iter()
             .filter(|span| span.name == "orders confirmation received")
             .count()
             == 5
-    })
-    .await;
+    });
+    assert!(all_ended.await, "each order's wait ended on its own answer");
     let spans = finished();
+    let child_of = |parent: &SpanData, name: &str| -> Vec<SpanData> {
+        spans
+            .iter()
+            .filter(|span| {
+                span.name == name && span.parent_span_id == parent.span_context.span_id()
+            })
+            .cloned()
+            .collect()
+    };
     let publishes: Vec<&SpanData> = spans
         .iter()
         .filter(|span| span.name == "orders publish")
@@ -193,9 +209,13 @@ async fn each_order_in_an_envelope_keeps_its_own_trace() {
             1,
             "the worker continues each order's own publish"
         );
-        assert_eq!(
-            processed[0].span_context.trace_id(),
-            publish.span_context.trace_id()
-        );
+        let trace = publish.span_context.trace_id();
+        assert_eq!(processed[0].span_context.trace_id(), trace);
+        // And the answer comes back into the same trace, to the same order's wait.
+        let confirm = child_of(processed[0], "orders confirm");
+        assert_eq!(confirm.len(), 1, "one confirmation per order");
+        let received = child_of(&confirm[0], "orders confirmation received");
+        assert_eq!(received.len(), 1, "its front received it");
+        assert_eq!(received[0].span_context.trace_id(), trace);
     }
 }
