@@ -146,16 +146,7 @@ impl OrderQueue {
     }
 
     fn connected(&self) -> bool {
-        self.client.connection_state() == State::Connected
-    }
-
-    /// Returns once the client is connected; callers bound the wait. async-nats offers no
-    /// notification of its state, so it is looked at every few milliseconds (only while the
-    /// connection is down).
-    async fn until_connected(&self) {
-        while !self.connected() {
-            tokio::time::sleep(CONNECTION_CHECK).await;
-        }
+        connected(&self.client)
     }
 
     /// The gatherer of envelopes.
@@ -348,7 +339,7 @@ impl OrderQueue {
     }
 
     async fn ask_status(&self, id: Uuid, at: Option<u64>) -> Result<StatusReply, StatusError> {
-        self.until_connected().await;
+        until_connected(&self.client).await;
         let mut waiter = self.inbox.register();
         self.client
             .publish_with_reply(
@@ -405,6 +396,19 @@ impl OrderQueue {
     }
 }
 
+fn connected(client: &Client) -> bool {
+    client.connection_state() == State::Connected
+}
+
+/// Returns once `client` is connected; callers bound the wait. async-nats offers no
+/// notification of its state, so it is looked at every few milliseconds (only while the
+/// connection is down).
+async fn until_connected(client: &Client) {
+    while !connected(client) {
+        tokio::time::sleep(CONNECTION_CHECK).await;
+    }
+}
+
 /// Hands messages to the order stream until their PubAck, trying again within the publish
 /// bound when a try fails in a way that passes.
 #[derive(Debug)]
@@ -432,7 +436,7 @@ impl Publisher {
     }
 
     fn connected(&self) -> bool {
-        self.client.connection_state() == State::Connected
+        connected(&self.client)
     }
 
     /// How long an order may take from its hand-over to its PubAck.
@@ -485,9 +489,7 @@ impl Publisher {
                 // reconnect within the bound costs a wait, not a refusal. (A connection lost
                 // just after this look can still carry the order out later; a retry with the
                 // same key is the same order.)
-                while !self.connected() {
-                    tokio::time::sleep(CONNECTION_CHECK).await;
-                }
+                until_connected(&self.client).await;
                 self.js
                     .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                     .await?
