@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use tempfile::TempDir;
 
 use crate::nats::binary;
-use crate::process::free_port;
+use crate::process::{self, free_port};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-cluster.conf");
 
@@ -234,18 +234,7 @@ impl NatsCluster {
     }
 
     fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
-        let pid = self.nodes[i]
-            .child()
-            .as_ref()
-            .map(Child::id)
-            .context("not running")?;
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed");
-        }
-        Ok(())
+        process::signal(self.nodes[i].child().as_ref(), signal)
     }
 
     /// What node `i` wrote to its log: for a failing test's message.

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use finalprice_shared::messages;
 
-use crate::process::free_port;
+use crate::process::{self, free_port};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server.conf");
 const AUTH_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server-auth.conf");
@@ -73,14 +73,7 @@ impl NatsServer {
     }
 
     fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let pid = self.child.as_ref().map(Child::id).context("not running")?;
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed");
-        }
-        Ok(())
+        process::signal(self.child.as_ref(), signal)
     }
 
     /// Starts the server again on the same port and store (after [`NatsServer::kill`]).

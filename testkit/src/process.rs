@@ -164,6 +164,19 @@ impl Drop for Service {
     }
 }
 
+/// Sends `signal` (`STOP`, `CONT`, `USR2`, …) to a child process: freezing, thawing or
+/// putting a nats-server in lame-duck mode.
+pub(crate) fn signal(child: Option<&Child>, signal: &str) -> anyhow::Result<()> {
+    let pid = child.map(Child::id).context("not running")?;
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed");
+    }
+    Ok(())
+}
+
 /// The lowest port this harness hands out: below it sit well-known services' ports.
 const FIRST_TEST_PORT: u16 = 15_000;
 

@@ -205,6 +205,35 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no {name} in {text}"))
     }
 
+    /// Waits until the front gathers orders into envelopes (it does once it has looked at the
+    /// workers).
+    pub async fn until_gathering(&self) {
+        let gathering = eventually(Duration::from_secs(10), || async {
+            self.metric("finalprice_front_envelopes_on").await == 1.0
+        });
+        assert!(
+            gathering.await,
+            "the front gathers once it has looked at the workers"
+        );
+    }
+
+    /// Runs `requests` while nats-server hangs, and lets it go on once `count` of them are in
+    /// the front: the first publish is held, and every order after it waits behind that one.
+    pub async fn while_nats_hangs<T>(&self, count: usize, requests: impl Future<Output = T>) -> T {
+        self.nats.freeze().expect("nats-server freezes");
+        let thaw = async {
+            let all_in = eventually(Duration::from_secs(10), || async {
+                self.metric("finalprice_front_http_requests_in_flight")
+                    .await
+                    >= count as f64
+            });
+            assert!(all_in.await, "the {count} orders reached the front");
+            self.nats.thaw().expect("nats-server goes on");
+        };
+        let (answers, ()) = tokio::join!(requests, thaw);
+        answers
+    }
+
     /// The committed row of order `id`, read straight from the database.
     pub async fn row(&self, id: Uuid) -> Option<orders::Model> {
         orders::Entity::find_by_id(id)

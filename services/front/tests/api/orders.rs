@@ -397,28 +397,14 @@ async fn orders_that_arrive_while_a_publish_awaits_its_puback_travel_in_one_enve
         config.http.reply_timeout = Duration::from_millis(200);
     })
     .await;
-    let gathering = eventually(Duration::from_secs(10), || async {
-        app.metric("finalprice_front_envelopes_on").await == 1.0
-    });
-    assert!(
-        gathering.await,
-        "the front gathers once it has looked at the workers"
-    );
+    app.until_gathering().await;
     // A hung server holds the first publish; every order that reaches the front meanwhile is
     // gathered behind it.
-    app.nats.freeze().expect("nats-server freezes");
     let bodies: Vec<serde_json::Value> = (0..20)
         .map(|i| json!({"name": "Анна", "phone": format!("+7999000{i:04}")}))
         .collect();
     let posts = join_all(bodies.iter().map(|body| app.post_json(body)));
-    let thaw = async {
-        let all_in = eventually(Duration::from_secs(10), || async {
-            app.metric("finalprice_front_http_requests_in_flight").await >= 20.0
-        });
-        assert!(all_in.await, "the 20 orders reached the front");
-        app.nats.thaw().expect("nats-server goes on");
-    };
-    let (answers, ()) = tokio::join!(posts, thaw);
+    let answers = app.while_nats_hangs(20, posts).await;
 
     let mut links = Vec::new();
     for answer in answers {
@@ -509,19 +495,11 @@ async fn while_a_worker_that_cannot_read_envelopes_answers_every_order_travels_a
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(app.metric("finalprice_front_envelopes_on").await, 0.0);
 
-    app.nats.freeze().expect("nats-server freezes");
     let bodies: Vec<serde_json::Value> = (0..10)
         .map(|i| json!({"name": "Анна", "phone": format!("+7999100{i:04}")}))
         .collect();
     let posts = join_all(bodies.iter().map(|body| app.post_json(body)));
-    let thaw = async {
-        let all_in = eventually(Duration::from_secs(10), || async {
-            app.metric("finalprice_front_http_requests_in_flight").await >= 10.0
-        });
-        assert!(all_in.await, "the 10 orders reached the front");
-        app.nats.thaw().expect("nats-server goes on");
-    };
-    let (answers, ()) = tokio::join!(posts, thaw);
+    let answers = app.while_nats_hangs(10, posts).await;
     assert!(answers.iter().all(|answer| answer.status() == 202));
     let mut stream = crate::helpers::orders_stream(&app).await;
     assert_eq!(

@@ -146,27 +146,13 @@ async fn each_order_in_an_envelope_keeps_its_own_trace() {
     app.start_worker().await;
     tracing::callsite::rebuild_interest_cache();
 
-    let gathering = eventually(Duration::from_secs(10), || async {
-        app.metric("finalprice_front_envelopes_on").await == 1.0
-    });
-    assert!(
-        gathering.await,
-        "the front gathers once it has looked at the workers"
-    );
+    app.until_gathering().await;
     // Held by a hung server, the orders after the first gather into one envelope.
-    app.nats.freeze().expect("nats-server freezes");
     let bodies: Vec<String> = (0..5)
         .map(|i| format!("name=Anna&phone=8999777000{i}"))
         .collect();
     let posts = join_all(bodies.iter().map(|body| app.post_form(body)));
-    let thaw = async {
-        let all_in = eventually(Duration::from_secs(10), || async {
-            app.metric("finalprice_front_http_requests_in_flight").await >= 5.0
-        });
-        assert!(all_in.await, "the 5 orders reached the front");
-        app.nats.thaw().expect("nats-server goes on");
-    };
-    let (answers, ()) = tokio::join!(posts, thaw);
+    let answers = app.while_nats_hangs(5, posts).await;
     assert!(answers.iter().all(|answer| answer.status() == 303));
     let messages = app.metric("finalprice_front_envelope_orders_count").await;
     assert!(messages <= 2.0, "5 orders in {messages} messages");
