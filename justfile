@@ -6,7 +6,9 @@ set positional-arguments
 
 # The nats-server to use: $NATS_SERVER_BIN, one on PATH, or the pinned one scripts/tools installs
 # into .tools/ on demand.
-nats_server := "$(scripts/tools nats-server)"
+nats_server := "$(" + quote(justfile_directory() / "scripts/tools") + " nats-server)"
+# Docker Compose v2: Docker's plugin, or the standalone one scripts/tools puts into .tools/.
+compose := "$(" + quote(justfile_directory() / "scripts/tools") + " docker-compose)"
 export CARGO_TERM_COLOR := env_var_or_default("CARGO_TERM_COLOR", "auto")
 # One database for every recipe: the SQLite file of `just up` unless DATABASE_URL says otherwise.
 export DATABASE_URL := env_var_or_default("DATABASE_URL", "sqlite://.run/finalprice.db?mode=rwc")
@@ -135,38 +137,38 @@ dc-up:
       printf 'NATS_PASSWORD=%s\nPOSTGRES_PASSWORD=%s\n' "$(secret)" "$(secret)" >.env
       echo "dc-up: wrote .env with new random NATS_PASSWORD and POSTGRES_PASSWORD (kept for every later dc-up; readable by you only)"
     fi
-    docker compose up -d --build
+    {{compose}} up -d --build
 
 # Compose: stop the stack (volumes are kept)
 [group('compose')]
 dc-down:
-    docker compose down
+    {{compose}} down
 
 # Compose: follow the logs of every service
 [group('compose')]
 dc-logs:
-    docker compose logs -f --tail=50
+    {{compose}} logs -f --tail=50
 
 # Compose: container states, then the order path's status from inside the stack
 [group('compose')]
 dc-status:
-    docker compose ps
-    docker compose exec worker finalprice-worker status
+    {{compose}} ps
+    {{compose}} exec worker finalprice-worker status
 
 # Compose: the nats CLI on the stack's network with its login, e.g. `just dc-nats consumer info ORDERS workers`
 [group('compose')]
 dc-nats *args:
-    docker compose run --rm nats-box "$@"
+    {{compose}} run --rm nats-box "$@"
 
 # Compose: run this many fronts and workers, e.g. `just scale 3 4`
 [group('compose')]
 scale fronts workers:
-    docker compose up -d --no-recreate --scale "front=$1" --scale "worker=$2"
+    {{compose}} up -d --no-recreate --scale "front=$1" --scale "worker=$2"
 
 # Compose: check compose.yaml by Compose v2's rules the way CI does (no Docker engine needed)
 [group('compose')]
 dc-lint:
-    NATS_PASSWORD=lint POSTGRES_PASSWORD=lint $(scripts/tools docker-compose) -f compose.yaml config -q
+    NATS_PASSWORD=lint POSTGRES_PASSWORD=lint {{compose}} -f compose.yaml config -q
 
 # Build both services (the test profile: one set of artifacts for `up` and `test`)
 [group('development')]
