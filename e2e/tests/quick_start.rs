@@ -1,0 +1,145 @@
+//! The Quick start's scripts as a newcomer meets them: `scripts/up` refuses a taken port and names
+//! the process that holds it, and `scripts/preflight` stops a machine that lacks a compiler or a
+//! new enough Rust with the sentence that says what to install.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use finalprice_testkit::{binary, free_port};
+
+/// The workspace root, where scripts/ lives.
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ sits in the repository")
+        .to_path_buf()
+}
+
+/// What `scripts/tools NAME` prints: the tool's path (installed into .tools/ if need be).
+fn tool(name: &str) -> String {
+    let output = Command::new(repository().join("scripts/tools"))
+        .arg(name)
+        .output()
+        .expect("scripts/tools runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn up_refuses_a_taken_port_and_names_the_process_holding_it() {
+    let taken = std::net::TcpListener::bind(("127.0.0.1", free_port().expect("a port")))
+        .expect("listen");
+    let taken_address = taken.local_addr().expect("address");
+    let run_dir = tempfile::tempdir().expect("temp dir");
+    let bin_dir = binary("finalprice-front")
+        .expect("built")
+        .parent()
+        .expect("a folder")
+        .to_path_buf();
+
+    let output = Command::new(repository().join("scripts/up"))
+        .current_dir(repository())
+        .env("UP_RUN_DIR", run_dir.path())
+        .env("BIN_DIR", &bin_dir)
+        .env("NATS_SERVER_BIN", tool("nats-server"))
+        .env("FINALPRICE_HTTP__ADDR", taken_address.to_string())
+        .env(
+            "FINALPRICE_WORKER__METRICS_ADDR",
+            format!("127.0.0.1:{}", free_port().expect("a port")),
+        )
+        .env("DATABASE_URL", "sqlite::memory:")
+        .env_remove("NATS_URL")
+        .output()
+        .expect("scripts/up runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|line| line.contains(&format!("port {}", taken_address.port())))
+        .unwrap_or_else(|| panic!("the taken port is not named:\n{stderr}"));
+    assert!(line.contains("the front"), "{line}");
+    assert!(
+        line.contains(&format!("pid {}", std::process::id())),
+        "the holder (this test) is not named: {line}"
+    );
+    // Refused before anything started: no nats-server log, no pidfile.
+    assert!(!run_dir.path().join("nats.log").exists(), "{stderr}");
+    assert!(!run_dir.path().join("pids").exists(), "{stderr}");
+    drop(taken);
+}
+
+/// A folder of links to the commands preflight uses, without cc, gcc, clang and make, and with
+/// `rustc` answering `rustc_version`.
+fn bare_machine(rustc_version: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for command in ["bash", "dirname", "sed", "head", "sort", "awk", "id", "cargo"] {
+        let found = Command::new("bash")
+            .args(["-c", &format!("command -v {command}")])
+            .output()
+            .expect("bash runs");
+        let path = String::from_utf8(found.stdout).expect("UTF-8");
+        assert!(found.status.success(), "{command} is on this machine");
+        std::os::unix::fs::symlink(path.trim(), dir.path().join(command)).expect("link");
+    }
+    let rustc = dir.path().join("rustc");
+    std::fs::write(
+        &rustc,
+        format!("#!/bin/sh\necho 'rustc {rustc_version} (0000000 2020-01-01)'\n"),
+    )
+    .expect("write");
+    let mut permissions = std::fs::metadata(&rustc).expect("metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&rustc, permissions).expect("chmod");
+    dir
+}
+
+fn preflight(path: &Path, what: &str) -> (Option<i32>, String) {
+    let output = Command::new(repository().join("scripts/preflight"))
+        .arg(what)
+        .current_dir(repository())
+        .env("PATH", path)
+        .output()
+        .expect("scripts/preflight runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn preflight_stops_a_machine_without_a_compiler_or_a_new_enough_rust() {
+    let machine = bare_machine("1.70.0");
+    let (code, stderr) = preflight(machine.path(), "build");
+
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("nothing was built or started"), "{stderr}");
+    assert!(
+        stderr.contains("a C compiler: ") && stderr.contains("apt-get install build-essential"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("make: ") && stderr.contains("apt-get install make"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("this machine has rustc 1.70.0") && stderr.contains("rustup update"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn preflight_passes_the_machine_the_tests_run_on() {
+    let (code, stderr) = preflight(
+        Path::new(&std::env::var_os("PATH").expect("PATH")),
+        "build",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
