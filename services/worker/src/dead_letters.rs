@@ -150,21 +150,3 @@ pub async fn replay(
     }
     Ok(replayed)
 }
-
-/// Parses `dlq-replay` arguments: `--all` or sequence numbers.
-pub fn parse_selection(args: &[String]) -> anyhow::Result<Selection> {
-    if args.iter().any(|arg| arg == "--all") {
-        return Ok(Selection::All);
-    }
-    if args.is_empty() {
-        anyhow::bail!("name the dead letters to replay by sequence, or --all");
-    }
-    let sequences = args
-        .iter()
-        .map(|arg| {
-            arg.parse::<u64>()
-                .with_context(|| format!("`{arg}` is not a sequence number"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(Selection::Sequences(sequences))
-}
