@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use finalprice_front::Application;
 use finalprice_shared::config::Config;
 use finalprice_shared::{nats, service, shutdown};
@@ -13,7 +14,23 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// FinalPrice's front: serves the order form and hands each order to the workers through NATS
+/// JetStream
+#[derive(Debug, Parser)]
+#[command(name = "finalprice-front", version, after_help = CONFIGURATION)]
+struct Cli {}
+
+/// Where the settings come from, for `--help`.
+const CONFIGURATION: &str = "\
+Configuration: the defaults compiled in from shared/config.default.toml (every setting is
+documented there), then the TOML file named by FINALPRICE_CONFIG_FILE if set, then the
+environment: NATS_URL, FINALPRICE_<SECTION>__<KEY> for any other setting (e.g.
+FINALPRICE_HTTP__ADDR=127.0.0.1:8080, the listen address), OTEL_* for span export and RUST_LOG
+for the log levels.";
+
 fn main() -> ExitCode {
+    // Before the configuration is loaded: `--help` works whatever the environment holds.
+    Cli::parse();
     service::main("finalprice-front", run)
 }
 
