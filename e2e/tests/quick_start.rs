@@ -34,8 +34,8 @@ fn tool(name: &str) -> String {
 
 #[test]
 fn up_refuses_a_taken_port_and_names_the_process_holding_it() {
-    let taken = std::net::TcpListener::bind(("127.0.0.1", free_port().expect("a port")))
-        .expect("listen");
+    let taken =
+        std::net::TcpListener::bind(("127.0.0.1", free_port().expect("a port"))).expect("listen");
     let taken_address = taken.local_addr().expect("address");
     let run_dir = tempfile::tempdir().expect("temp dir");
     let bin_dir = binary("finalprice-front")
@@ -80,7 +80,9 @@ fn up_refuses_a_taken_port_and_names_the_process_holding_it() {
 /// `rustc` answering `rustc_version`.
 fn bare_machine(rustc_version: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    for command in ["bash", "dirname", "sed", "head", "sort", "awk", "id", "cargo"] {
+    for command in [
+        "bash", "dirname", "sed", "head", "sort", "awk", "id", "cargo",
+    ] {
         let found = Command::new("bash")
             .args(["-c", &format!("command -v {command}")])
             .output()
@@ -137,9 +139,6 @@ fn preflight_stops_a_machine_without_a_compiler_or_a_new_enough_rust() {
 
 #[test]
 fn preflight_passes_the_machine_the_tests_run_on() {
-    let (code, stderr) = preflight(
-        Path::new(&std::env::var_os("PATH").expect("PATH")),
-        "build",
-    );
+    let (code, stderr) = preflight(Path::new(&std::env::var_os("PATH").expect("PATH")), "build");
     assert_eq!(code, Some(0), "{stderr}");
 }
