@@ -3,23 +3,8 @@
 //! front's memory and CPU (from its `/metrics`), NATS messages per order (from `/varz`), checks
 //! the database for every confirmed order, and draws the run as an SVG beside a JSON report.
 //!
-//! Usage: `finalprice-load [--url http://127.0.0.1:8080] [--connections 256] [--seconds 30 |
-//! --requests N] [--rate R] [--hold SECONDS] [--form] [--worker-metrics HOST:PORT]
-//! [--nats-cpu] [--nats-monitor URL[,URL…]] [--report target/load-report.svg] [--json PATH]`.
-//!
-//! Without `--rate` the loop is closed: each connection sends its next order when the last is
-//! answered, which hides queueing from the latencies, so the report adds hdrhistogram's
-//! percentiles corrected for that. `--rate R` runs an open loop instead: order i is due i / R seconds
-//! after every connection is open (for `--seconds`, or `--requests` in all), sent on
-//! whichever connection is free, its latency counted from when it was due; the report says how
-//! many started over 10 ms late. `--nats-cpu` adds each local nats-server's CPU per order;
-//! `--nats-monitor` (default `http://127.0.0.1:8222`; `just up-cluster`: add :8223 and :8224; an
-//! empty value: none) the messages and bytes per order from those servers' `/varz`;
-//! `--hold` keeps every connection open and idle until the last is done and then that long, to
-//! measure the front holding them; `--worker-metrics` adds that worker's memory and CPU to the
-//! report; `--json` writes the report for scripts (default: the SVG's path, `.json`);
-//! `DATABASE_URL` names the database to check (unset: no check). A progress line goes to stderr
-//! once a second.
+//! `finalprice-load --help` lists its flags; [`LONG_ABOUT`] says how its closed and open loops
+//! differ.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
@@ -27,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use bytes::Bytes;
+use clap::Parser;
 use finalprice_bench::client::connect;
 use finalprice_bench::nats::{self, NatsTraffic};
 use finalprice_bench::probe::{Probe, ProcessSample, sample_every};
@@ -52,74 +38,100 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[derive(Debug, Clone)]
+/// Loads a running FinalPrice with order posts; reports confirmed orders per second, latency,
+/// errors, the front's memory and CPU, and a database check
+#[derive(Debug, Clone, Parser)]
+#[command(name = "finalprice-load", version, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
 struct Args {
+    /// The front to load (http only)
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Keep-alive connections, each posting orders
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = at_least_one)]
     connections: usize,
+    /// How long to send orders [default: 30 unless --requests]
+    #[arg(long, value_name = "SECONDS")]
     seconds: Option<u64>,
+    /// How many orders to send in all
+    #[arg(long, value_name = "N")]
     requests: Option<u64>,
-    /// Requests per second of the open loop; `None`: the closed loop.
+    /// Open loop: R orders per second on a fixed schedule, each one's latency counted from when
+    /// it was due [default: the closed loop]
+    #[arg(long, value_name = "R")]
     rate: Option<f64>,
+    /// Keep every connection open and idle this long after the last is done, to measure the
+    /// front holding them
+    #[arg(long, value_name = "SECONDS")]
     hold: Option<u64>,
+    /// Post urlencoded forms as a browser does (answered 303) instead of JSON (201 or 202)
+    #[arg(long)]
     form: bool,
-    /// A worker's `/metrics` address (host:port).
+    /// Add this worker's memory and CPU, from its /metrics, to the report
+    #[arg(long, value_name = "HOST:PORT")]
     worker_metrics: Option<String>,
-    /// Report every local nats-server's CPU over the load.
+    /// Add each local nats-server's CPU per order to the report
+    #[arg(long)]
     nats_cpu: bool,
-    /// nats-servers' monitoring URLs, for `/varz`.
+    /// nats-servers' monitoring URLs, comma-separated: NATS messages and bytes per order from
+    /// their /varz (`just up-cluster`: add :8223 and :8224; an empty value: none)
+    #[arg(
+        long,
+        value_name = "URL,...",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8222"
+    )]
     nats_monitor: Vec<String>,
+    /// Where to draw the run as SVG
+    #[arg(long, value_name = "PATH", default_value = "target/load-report.svg")]
     report: String,
+    /// Where to write the report as JSON, for scripts [default: the SVG's path, .json]
+    #[arg(long, value_name = "PATH")]
     json: Option<String>,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        url: "http://127.0.0.1:8080".into(),
-        connections: 256,
-        seconds: None,
-        requests: None,
-        rate: None,
-        hold: None,
-        form: false,
-        worker_metrics: None,
-        report: "target/load-report.svg".into(),
-        json: None,
-        nats_cpu: false,
-        nats_monitor: vec!["http://127.0.0.1:8222".into()],
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--url" => args.url = value()?,
-            "--connections" => args.connections = value()?.parse()?,
-            "--seconds" => args.seconds = Some(value()?.parse()?),
-            "--requests" => args.requests = Some(value()?.parse()?),
-            "--rate" => args.rate = Some(value()?.parse()?),
-            "--hold" => args.hold = Some(value()?.parse()?),
-            "--form" => args.form = true,
-            "--worker-metrics" => args.worker_metrics = Some(value()?),
-            "--nats-cpu" => args.nats_cpu = true,
-            "--nats-monitor" => {
-                args.nats_monitor = value()?
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|url| !url.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-            }
-            "--report" => args.report = value()?,
-            "--json" => args.json = Some(value()?),
-            other => bail!("unknown flag {other}"),
-        }
+/// How the two loops differ, for `--help`.
+const LONG_ABOUT: &str = "\
+Loads a running FinalPrice with order posts over keep-alive connections; reports confirmed orders
+per second, outcomes, latency percentiles, errors, the front's memory and CPU (from its /metrics),
+NATS messages per order (from /varz), and checks the database for every confirmed order.
+
+Without --rate the loop is closed: each connection sends its next order when the last is
+answered, which hides queueing from the latencies, so the report adds percentiles corrected for
+that. With --rate R the loop is open: order i is due i / R seconds after every connection is
+open, sent on whichever connection is free, and its latency counts from when it was due; the
+report says how many started over 10 ms late.";
+
+/// The database check and the progress line, for `--help`.
+const AFTER_HELP: &str = "\
+DATABASE_URL names the database to check every answered order against (unset: no check); `just
+load` sets it to the SQLite file of `just up` unless it is set, so name the stack's own database
+when it runs on another: DATABASE_URL=postgres://... just load ...
+A progress line goes to stderr once a second.
+
+Example: just load --connections 256 --seconds 30";
+
+/// `--connections`: a run needs at least one.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
     }
+}
+
+fn parse_args() -> Args {
+    let mut args = Args::parse();
     if args.seconds.is_none() && args.requests.is_none() {
         args.seconds = Some(30);
     }
-    if args.connections == 0 {
-        bail!("--connections must be at least 1");
-    }
-    Ok(args)
+    args.nats_monitor = args
+        .nats_monitor
+        .iter()
+        .map(|url| url.trim())
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    args
 }
 
 /// What one connection saw.
@@ -157,7 +169,7 @@ struct Shared {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = parse_args();
     let authority = args
         .url
         .strip_prefix("http://")
