@@ -535,6 +535,10 @@ async fn both_services_export_one_trace_over_otlp_and_no_personal_data_anywhere(
             "{service} {name} missing from the order's trace: {trace:#?}"
         );
     }
+    // Each span says which release made it; the workspace has one version.
+    for span in &trace {
+        assert_eq!(span.version, env!("CARGO_PKG_VERSION"), "{span:#?}");
+    }
 
     let logs = format!("{}{}", front.log(), worker.log());
     assert!(

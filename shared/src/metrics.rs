@@ -1,5 +1,6 @@
 //! Prometheus metrics: the text encoding both services serve at `/metrics`, the process's own
-//! memory and CPU, and the small HTTP listener the worker (which serves nothing else) uses for it.
+//! memory and CPU, its version, and the small HTTP listener the worker (which serves nothing
+//! else) uses for it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +15,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +72,19 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
+}
+
+/// Registers `finalprice_build_info{version="…"} 1` at the registry's root: which release each
+/// process runs, so a dashboard shows a rolling upgrade's progress and a figure's release.
+/// `version` is the binary's own (`env!("CARGO_PKG_VERSION")` in its crate).
+pub fn register_build_info(registry: &mut Registry, version: &'static str) {
+    let info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+    info.get_or_create(&[("version", version)]).set(1);
+    registry.register(
+        "finalprice_build_info",
+        "The release this process runs, as its version label; always 1",
+        info,
+    );
 }
 
 /// This process's resident memory in bytes (`None` where there is no `/proc`).
@@ -195,6 +210,18 @@ mod tests {
         let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 3 0";
         assert_eq!(cpu_seconds(stat), Some(3.8));
         assert_eq!(cpu_seconds("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn build_info_names_the_version_under_the_conventional_name() {
+        let mut registry = Registry::default();
+        register_build_info(&mut registry, "1.2.3");
+        let text = encode(&registry);
+        assert!(
+            text.lines()
+                .any(|line| line == r#"finalprice_build_info{version="1.2.3"} 1"#),
+            "{text}"
+        );
     }
 
     fn value(text: &str, name: &str) -> f64 {

@@ -9,7 +9,8 @@ use crate::telemetry;
 
 /// Runs `command` as `service` and returns the process's exit code: 2 for a configuration
 /// error (named on stderr, since logging needs the configuration), 1 for a failed command.
-pub fn main<F, Fut>(service: &'static str, command: F) -> ExitCode
+/// `version` is the binary's (`env!("CARGO_PKG_VERSION")` in its crate), for its spans.
+pub fn main<F, Fut>(service: &'static str, version: &'static str, command: F) -> ExitCode
 where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -35,7 +36,7 @@ where
         }
     };
     let result = runtime.block_on(async {
-        let guard = telemetry::init(service, &config.log)?;
+        let guard = telemetry::init(service, version, &config.log)?;
         let result = command(config).await;
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "{service} failed");

@@ -7,8 +7,10 @@ use std::io::IsTerminal as _;
 use std::sync::Once;
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Key, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
@@ -96,8 +98,13 @@ fn span_exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
 /// Installs the global subscriber and, if asked for by `OTEL_*`, the OTLP span pipeline.
 /// Must run inside a Tokio runtime (the gRPC exporter needs one).
 ///
-/// `service_name` is used unless `OTEL_SERVICE_NAME` says otherwise.
-pub fn init(service_name: &'static str, log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
+/// `service_name` is used unless `OTEL_SERVICE_NAME` says otherwise, and `service_version` for
+/// `service.version` unless `OTEL_RESOURCE_ATTRIBUTES` names one.
+pub fn init(
+    service_name: &'static str,
+    service_version: &'static str,
+    log: &LogConfig,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     // Each output has its own filter. Logs take events only: formatting every span's fields
@@ -128,6 +135,10 @@ pub fn init(service_name: &'static str, log: &LogConfig) -> Result<TelemetryGuar
         let mut resource = Resource::builder();
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(service_name);
+        }
+        let version = Key::from_static_str("service.version");
+        if EnvResourceDetector::new().detect().get(&version).is_none() {
+            resource = resource.with_attribute(KeyValue::new(version, service_version));
         }
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)

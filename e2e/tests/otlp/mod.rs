@@ -19,6 +19,8 @@ use prost::Message;
 #[derive(Debug, Clone)]
 pub struct ReceivedSpan {
     pub service: String,
+    /// The resource's `service.version`.
+    pub version: String,
     pub name: String,
     pub trace_id: Vec<u8>,
     /// Attributes and events, as text, for the personal-data check.
@@ -79,21 +81,25 @@ impl Receiver {
 fn flatten(export: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
     let mut spans = Vec::new();
     for resource_spans in export.resource_spans {
-        let service = resource_spans
-            .resource
-            .iter()
-            .flat_map(|resource| &resource.attributes)
-            .find(|kv| kv.key == "service.name")
-            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-            .map(|value| match value {
-                Value::StringValue(name) => name.clone(),
-                other => format!("{other:?}"),
-            })
-            .unwrap_or_default();
+        let attribute = |key: &str| {
+            resource_spans
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .map(|value| match value {
+                    Value::StringValue(text) => text.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default()
+        };
+        let (service, version) = (attribute("service.name"), attribute("service.version"));
         for scope in resource_spans.scope_spans {
             for span in scope.spans {
                 spans.push(ReceivedSpan {
                     service: service.clone(),
+                    version: version.clone(),
                     text: format!("{:?} {:?}", span.attributes, span.events),
                     name: span.name,
                     trace_id: span.trace_id,

@@ -31,7 +31,7 @@ for the log levels.";
 fn main() -> ExitCode {
     // Before the configuration is loaded: `--help` works whatever the environment holds.
     Cli::parse();
-    service::main("finalprice-front", run)
+    service::main("finalprice-front", env!("CARGO_PKG_VERSION"), run)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -1,10 +1,10 @@
 //! The front's Prometheus metrics, served at `/metrics`: requests by route and status, latency,
 //! the wait for confirmations, requests in flight, publish failures, connections open and idle,
-//! and the process's memory and CPU.
+//! the process's memory and CPU, and its version.
 
 use std::time::Duration;
 
-use finalprice_shared::metrics::{ProcessCollector, duration_buckets};
+use finalprice_shared::metrics::{ProcessCollector, duration_buckets, register_build_info};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -124,6 +124,7 @@ impl Default for FrontMetrics {
         let envelopes_on = Gauge::default();
         let mut root = Registry::default();
         ProcessCollector::register(&mut root);
+        register_build_info(&mut root, env!("CARGO_PKG_VERSION"));
         let registry = root.sub_registry_with_prefix("finalprice_front");
         registry.register(
             "http_requests",

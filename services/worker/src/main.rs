@@ -76,16 +76,20 @@ impl Replay {
 fn main() -> ExitCode {
     // Before the configuration is loaded: `--help` works whatever the environment holds.
     let cli = Cli::parse();
-    service::main("finalprice-worker", |config| async move {
-        match cli.command.unwrap_or(Command::Run) {
-            Command::Run => run(&config).await,
-            Command::Migrate => migrate(&config).await,
-            Command::Status => status(&config).await,
-            Command::Export => export(&config).await,
-            Command::DlqList => dlq_list(&config).await,
-            Command::DlqReplay(replay) => dlq_replay(&config, &replay.selection()).await,
-        }
-    })
+    service::main(
+        "finalprice-worker",
+        env!("CARGO_PKG_VERSION"),
+        |config| async move {
+            match cli.command.unwrap_or(Command::Run) {
+                Command::Run => run(&config).await,
+                Command::Migrate => migrate(&config).await,
+                Command::Status => status(&config).await,
+                Command::Export => export(&config).await,
+                Command::DlqList => dlq_list(&config).await,
+                Command::DlqReplay(replay) => dlq_replay(&config, &replay.selection()).await,
+            }
+        },
+    )
 }
 
 async fn run(config: &Config) -> anyhow::Result<()> {

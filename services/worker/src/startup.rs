@@ -118,6 +118,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut registry = Registry::default();
         metrics::ProcessCollector::register(&mut registry);
+        metrics::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
         self.stats.register(&mut registry);
         tracing::info!(addr = %self.metrics.local_addr()?, "worker metrics on /metrics");
         let metrics_task = tokio::spawn(metrics::serve(

@@ -95,6 +95,12 @@ async fn metrics_count_requests_orders_and_batches() {
             "{text}"
         );
         assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+        // Which release answers: the workspace has one version, so this package's is theirs.
+        let build = format!(
+            "\nfinalprice_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
     }
     app.stop().await;
 }
