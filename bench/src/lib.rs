@@ -2,6 +2,7 @@
 //! stack; `benches/hot_paths.rs` (`just bench`) times the hot paths in isolation.
 
 pub mod client;
+pub mod database;
 pub mod nats;
 pub mod probe;
 pub mod progress;

@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,12 +17,13 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
 use finalprice_bench::client::connect;
+use finalprice_bench::database::{DatabaseError, OrdersDatabase};
 use finalprice_bench::nats::{self, NatsTraffic};
 use finalprice_bench::probe::{Probe, ProcessSample, sample_every};
 use finalprice_bench::progress::{self, Live};
 use finalprice_bench::report::{
-    Held, OpenLoop, Outcome, ProcessUse, Run, check_database, latency_histogram,
-    peak_resident_bytes, render_json, render_svg, render_text,
+    Held, OpenLoop, Outcome, ProcessUse, Run, latency_histogram, peak_resident_bytes, render_json,
+    render_svg, render_text,
 };
 use finalprice_bench::schedule::{LATE, Schedule};
 use finalprice_shared::metrics::{own_cpu_seconds, process_cpu_seconds};
@@ -103,9 +105,9 @@ report says how many started over 10 ms late.";
 
 /// The database check and the progress line, for `--help`.
 const AFTER_HELP: &str = "\
-DATABASE_URL names the database to check every answered order against (unset: no check); `just
-load` sets it to the SQLite file of `just up` unless it is set, so name the stack's own database
-when it runs on another: DATABASE_URL=postgres://... just load ...
+DATABASE_URL names the database to check every answered order against, opened before the load
+starts (unset: no check); `just load` sets it to the SQLite file of `just up` unless it is set, so
+name the stack's own database when it runs on another: DATABASE_URL=postgres://... just load ...
 A progress line goes to stderr once a second.
 
 Example: just load --connections 256 --seconds 30";
@@ -168,8 +170,24 @@ struct Shared {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = parse_args();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // In our words, not anyhow's Debug (which adds a backtrace under RUST_BACKTRACE):
+            // what failed and why on the first line, then what to do about it if we know.
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "finalprice-load: {error:#}");
+            if let Some(database) = error.downcast_ref::<DatabaseError>() {
+                let _ = writeln!(stderr, "finalprice-load: {}", database.hint());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let authority = args
         .url
         .strip_prefix("http://")
@@ -191,6 +209,11 @@ async fn main() -> anyhow::Result<()> {
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
         (header::ACCEPT, HeaderValue::from_static(accept)),
     ]);
+    // Before any load: a database that cannot be checked is found now, not after the run.
+    let database = match std::env::var("DATABASE_URL") {
+        Ok(url) => Some(OrdersDatabase::open(&url).await?),
+        Err(_) => None,
+    };
     // Before the clock starts: a monitor that does not answer costs up to 2 s, not load time.
     let varz_at_start = nats::read_all(&args.nats_monitor).await;
 
@@ -379,10 +402,10 @@ async fn main() -> anyhow::Result<()> {
     }
     run.front_samples = samples;
 
-    if let Ok(url) = std::env::var("DATABASE_URL") {
+    if let Some(database) = &database {
         let last = run_base + shared.issued.load(Ordering::Relaxed);
         let phones = format!("+7{run_base}")..format!("+7{last}");
-        run.database = Some(check_database(&url, &run.outcomes, phones).await?);
+        run.database = Some(database.check(&run.outcomes, phones).await?);
     }
     std::fs::write(&args.report, render_svg(&run))
         .with_context(|| format!("writing {}", args.report))?;

@@ -3,18 +3,17 @@
 //! CPU of the front, the worker and the load generator itself, NATS messages per order, and
 //! connections held.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::ops::{Range, RangeInclusive};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use crate::database::DatabaseCheck;
 use crate::nats::NatsTraffic;
 use crate::probe::ProcessSample;
 use crate::progress::thousands;
 use crate::schedule::{LATE, Schedule, expected_interval_micros};
-use finalprice_db::entity::orders;
 use hdrhistogram::Histogram;
-use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -238,77 +237,6 @@ fn percentiles_json(latency: &Histogram<u64>) -> Value {
 /// Microseconds from 1 µs to a minute, 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid bounds")
-}
-
-/// What the database says about the run's answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseCheck {
-    /// Orders answered 201 (or 303) that are rows.
-    pub confirmed_found: u64,
-    /// Orders answered 201 that are not rows: must be 0.
-    pub confirmed_missing: u64,
-    /// Orders answered 202 that are rows by now.
-    pub pending_committed: u64,
-    /// Rows beyond one per order of this run (each order has a phone of its own): must be 0.
-    pub doubled: u64,
-    /// Which database was checked (password hidden).
-    pub database: String,
-}
-
-/// Looks up every answered order (1000 ids per query), and counts the rows of the run's phones
-/// (`phones`, all of one length) that are not the first of their phone.
-pub async fn check_database(
-    url: &str,
-    outcomes: &[(Uuid, Outcome)],
-    phones: Range<String>,
-) -> anyhow::Result<DatabaseCheck> {
-    let db = Database::connect(url).await?;
-    let mut present = HashSet::new();
-    let ids: Vec<Uuid> = outcomes
-        .iter()
-        .filter(|(_, o)| matches!(o, Outcome::Accepted | Outcome::Pending | Outcome::Answered))
-        .map(|(id, _)| *id)
-        .collect();
-    for chunk in ids.chunks(1000) {
-        let rows = orders::Entity::find()
-            .filter(orders::Column::Id.is_in(chunk.iter().copied()))
-            .all(&db)
-            .await?;
-        present.extend(rows.into_iter().map(|row| row.id));
-    }
-    let stored: Vec<String> = orders::Entity::find()
-        .select_only()
-        .column(orders::Column::Phone)
-        .filter(orders::Column::Phone.gte(phones.start.as_str()))
-        .filter(orders::Column::Phone.lt(phones.end.as_str()))
-        .into_tuple()
-        .all(&db)
-        .await?;
-    // Longer numbers sort inside the range too; the run's are all as long as its bounds.
-    let mut seen = HashSet::new();
-    let doubled = stored
-        .into_iter()
-        .filter(|phone| phone.len() == phones.start.len())
-        .filter(|phone| !seen.insert(phone.clone()))
-        .count() as u64;
-    let mut check = DatabaseCheck {
-        confirmed_found: 0,
-        confirmed_missing: 0,
-        pending_committed: 0,
-        doubled,
-        database: finalprice_shared::config::redact_url_password(url),
-    };
-    for (id, outcome) in outcomes {
-        match outcome {
-            Outcome::Accepted | Outcome::Answered if present.contains(id) => {
-                check.confirmed_found += 1
-            }
-            Outcome::Accepted => check.confirmed_missing += 1,
-            Outcome::Pending if present.contains(id) => check.pending_committed += 1,
-            _ => {}
-        }
-    }
-    Ok(check)
 }
 
 /// The report for the terminal.
@@ -929,9 +857,6 @@ fn human_micros(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use finalprice_shared::domain::PhoneNumber;
-    use finalprice_shared::messages::NewOrder;
-    use finalprice_testkit::{Backend, TestDb, order};
 
     #[test]
     fn a_process_peak_counts_only_samples_of_the_load() {
@@ -1127,50 +1052,5 @@ mod tests {
         }
         assert_eq!(svg.matches("seconds since the start").count(), 2);
         assert!(svg.ends_with("</svg>"));
-    }
-
-    #[tokio::test]
-    async fn the_check_finds_missing_and_doubled_orders_of_the_run_only() {
-        let db = TestDb::new(Backend::Sqlite).await.expect("database");
-        let rows = db.connect().await.expect("connect");
-        let stored = order("+79000000001");
-        let missing = order("+79000000002");
-        let pending = order("+79000000003");
-        // The same order under another id, and an order of another run.
-        let twin = order("+79000000001");
-        let other_run = order("+79100000001");
-        // Sorts inside the run's range, but is not a phone of the run.
-        let longer = NewOrder {
-            phone: PhoneNumber::parse_e164("+790000000012").expect("an E.164 phone"),
-            ..order("+79000000004")
-        };
-        orders::Entity::insert_many(
-            [&stored, &twin, &other_run, &longer].map(orders::ActiveModel::from),
-        )
-        .exec(&rows)
-        .await
-        .expect("insert");
-        let outcomes = [
-            (stored.id, Outcome::Accepted),
-            (missing.id, Outcome::Accepted),
-            (pending.id, Outcome::Pending),
-        ];
-
-        let check = check_database(
-            db.url(),
-            &outcomes,
-            "+79000000000".to_owned().."+79000000010".to_owned(),
-        )
-        .await
-        .expect("checked");
-        assert_eq!(
-            (
-                check.confirmed_found,
-                check.confirmed_missing,
-                check.doubled,
-                check.pending_committed
-            ),
-            (1, 1, 1, 0)
-        );
     }
 }

@@ -5,6 +5,7 @@
 //! - [`migrations`]: the migrator; `finalprice-worker migrate` runs it.
 //! - [`entity`]: the `orders` entity, built from a validated [`NewOrder`] only.
 //! - [`connect`]: a pool configured for the backend at hand.
+//! - [`has_orders_table`]: whether a database holds this schema at all.
 //!
 //! [`NewOrder`]: finalprice_shared::messages::NewOrder
 
@@ -12,7 +13,8 @@ pub mod entity;
 pub mod migrations;
 
 use finalprice_shared::config::DbConfig;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, EntityName as _};
+use sea_orm_migration::SchemaManager;
 
 pub use migrations::Migrator;
 
@@ -46,4 +48,12 @@ pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
             }
         });
     Database::connect(options).await
+}
+
+/// Whether `db` has the `orders` table: how a tool that reads orders tells a database that is
+/// not FinalPrice's (or was never migrated) from one with no orders yet.
+pub async fn has_orders_table(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    SchemaManager::new(db)
+        .has_table(entity::orders::Entity.table_name())
+        .await
 }

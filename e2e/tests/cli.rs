@@ -1,6 +1,7 @@
 //! The three binaries' command lines as a newcomer meets them: `--help` lists what each does,
-//! `--version` names the package version, and a wrong argument is refused with the usage, all
-//! without a configuration, a nats-server or a database.
+//! `--version` names the package version, a wrong argument is refused with the usage, and the
+//! load tool pointed at the wrong database says so before it loads anything; all without a
+//! configuration, a nats-server or a front.
 
 use std::process::Output;
 
@@ -147,5 +148,42 @@ fn the_load_generator_lists_every_flag_with_its_line() {
         stderr(&output).contains("must be at least 1"),
         "{}",
         stderr(&output)
+    );
+}
+
+#[test]
+fn the_load_generator_pointed_at_a_database_without_orders_says_which_and_what_to_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // What `just load` names unless told otherwise, while the stack runs on PostgreSQL.
+    let url = format!("sqlite://{}/finalprice.db?mode=rwc", dir.path().display());
+    let binary = binary("finalprice-load").expect("built");
+    let output = clean_command(&binary)
+        // Nothing listens there: the database is looked at before any load.
+        .args(["--url", "http://127.0.0.1:9", "--requests", "1"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("finalprice-load runs");
+
+    assert_eq!(output.status.code(), Some(1));
+    let error = stderr(&output);
+    let mut lines = error.lines();
+    let first = lines.next().unwrap_or_default();
+    assert!(
+        first.starts_with("finalprice-load: the database ")
+            && first.contains(&url)
+            && first.contains("(DATABASE_URL) has no `orders` table"),
+        "{error}"
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|line| line.contains("DATABASE_URL=postgres://")),
+        "{error}"
+    );
+    assert_eq!(lines.next(), None, "two lines, no backtrace:\n{error}");
+    assert!(
+        stdout(&output).is_empty(),
+        "no report of a run that did not happen"
     );
 }
