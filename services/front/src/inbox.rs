@@ -142,12 +142,6 @@ impl Waiter {
         self.token
     }
 
-    /// [`Waiter::token`] in decimal, as the subject ends with it.
-    pub fn token_text(&self) -> &str {
-        // The subject is `<prefix>.<token>`.
-        &self.subject[self.inbox.prefix.len() + 1..]
-    }
-
     /// The reply, once it arrives; `None` only if the dispatcher is gone. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Reply> {
         (&mut self.receiver).await.ok()
@@ -204,7 +198,7 @@ mod tests {
         let inbox = inbox();
         let (mut first, mut second) = (inbox.register(), inbox.register());
         assert_eq!(first.subject(), format!("_INBOX.test.{}", first.token()));
-        assert_eq!(second.token_text(), second.token().to_string());
+        assert_eq!(second.subject(), format!("_INBOX.test.{}", second.token()));
         let mine = accepted(first.token());
         let stray = accepted(999);
         hand_out(&inbox, &message(messages::encode(&[&mine, &stray])));

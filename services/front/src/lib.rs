@@ -14,17 +14,18 @@
 //! - [`metrics`]: the Prometheus metrics behind `/metrics`.
 //! - [`pages`], [`http`]: templates from `ui/`, response helpers.
 
-pub mod connection;
-pub mod envelope;
+pub(crate) mod connection;
+pub(crate) mod envelope;
 pub mod form;
-pub mod http;
-pub mod i18n;
-pub mod inbox;
-pub mod limits;
-pub mod metrics;
-pub mod pages;
-pub mod queue;
-pub mod routes;
-pub mod startup;
+pub(crate) mod http;
+pub(crate) mod i18n;
+pub(crate) mod inbox;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub(crate) mod pages;
+pub(crate) mod queue;
+pub(crate) mod routes;
+pub(crate) mod startup;
 
+pub use connection::PARK_AFTER;
 pub use startup::Application;

@@ -131,7 +131,7 @@ async fn kept_alive_connections_between_requests_are_counted_as_idle() {
         kept.push(socket);
     }
     // Parking happens PARK_AFTER after the last request; wait for it instead of guessing.
-    let parked = eventually(finalprice_front::connection::PARK_AFTER * 50, || async {
+    let parked = eventually(finalprice_front::PARK_AFTER * 50, || async {
         let front = app.get("/metrics").await.text().await.expect("text");
         sample(&front, "finalprice_front_idle_connections ", &[]) >= 3.0
     });
