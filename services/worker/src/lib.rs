@@ -14,14 +14,14 @@
 //! - [`stats`]: counters the tests and (later) `/metrics` read.
 
 pub mod dead_letters;
-pub mod decide;
+pub(crate) mod decide;
 pub mod error;
 pub mod export;
 pub mod process;
 pub mod report;
-pub mod startup;
-pub mod stats;
+pub(crate) mod startup;
+pub(crate) mod stats;
 pub mod status;
 
 pub use startup::Application;
-pub use stats::WorkerStats;
+pub use stats::{StatsSnapshot, WorkerStats};

@@ -37,7 +37,7 @@ use crate::stats::WorkerStats;
 
 /// What one batch needs besides its messages.
 #[derive(Debug, Clone)]
-pub struct BatchContext {
+pub(crate) struct BatchContext {
     pub client: Client,
     /// Publishes dead letters (and waits for their PubAck).
     pub js: jetstream::Context,
@@ -269,7 +269,7 @@ fn part_of(whole: &Bytes, part: &[u8]) -> Bytes {
 
 /// Handles one batch end to end. Never fails: every order leaves with a confirmation, a dead
 /// letter or a retry, and every message with an ack or a nak that brings it back later.
-pub async fn handle_batch(context: &BatchContext, messages: Vec<jetstream::Message>) {
+pub(crate) async fn handle_batch(context: &BatchContext, messages: Vec<jetstream::Message>) {
     let batch_span = tracing::info_span!(
         "orders process batch",
         otel.kind = "consumer",

@@ -41,14 +41,14 @@ pub enum LookupError {
 
 /// Joins the status queue group. Subscribing before the pull loop starts means a worker that
 /// commits orders can also answer for them.
-pub async fn subscribe(client: &Client) -> Result<Subscriber, async_nats::SubscribeError> {
+pub(crate) async fn subscribe(client: &Client) -> Result<Subscriber, async_nats::SubscribeError> {
     client
         .queue_subscribe(STATUS_SUBJECT, STATUS_QUEUE_GROUP.to_owned())
         .await
 }
 
 /// Serves status requests until `shutdown` fires.
-pub async fn serve(
+pub(crate) async fn serve(
     client: Client,
     mut requests: Subscriber,
     db: DatabaseConnection,
