@@ -4,7 +4,8 @@
 //! - [`domain`]: the order's fields as types that can only hold valid values.
 //! - [`messages`]: what travels over NATS between front and worker, and on which subjects.
 //! - [`config`]: the layered configuration of both services (`config.default.toml`).
-//! - [`metrics`]: Prometheus text for `/metrics`, and the worker's metrics listener.
+//! - [`metrics`]: Prometheus text for `/metrics` (with each process's memory, CPU and version),
+//!   and the worker's metrics listener.
 //! - [`nats`]: connecting, and the stream and consumer definitions of `nats/`.
 //! - [`telemetry`]: logs, OTLP spans, and trace context in NATS headers.
 //! - [`presence`]: who is alive (every process answers pings; `status` counts them).

@@ -3,16 +3,23 @@
 //! expects (DESIGN.md §1). It holds no database connection.
 //!
 //! # Layout
-//! - [`startup`]: [`Application`]: connect, bind, serve until the shutdown token, drain.
-//! - [`connection`]: one client connection; hyper while a request is open, parked between.
-//! - [`routes`]: method + path → handler; security headers on every response.
+//! - `startup`: [`Application`]: connect, bind, serve until the shutdown token, drain.
+//! - `connection`: one client connection; hyper while a request is open, parked between (after
+//!   [`PARK_AFTER`]).
+//! - `routes`: method + path → handler (`home`, `orders`, `health`, `static_files`); security
+//!   headers on every response.
 //! - [`form`]: the raw form → a validated order or per-field errors.
-//! - [`queue`]: publish + wait for the confirmation; status requests to the workers.
-//! - [`envelope`]: orders that arrive while a publish awaits its PubAck, gathered into one.
-//! - [`inbox`]: the one reply subscription and its map of waiting requests.
-//! - [`limits`]: per-client rate limiting of order submissions.
-//! - [`metrics`]: the Prometheus metrics behind `/metrics`.
-//! - [`pages`], [`http`]: templates from `ui/`, response helpers.
+//! - `queue`: an order published (alone, or through `envelope`) and retried within its bound,
+//!   the wait for its confirmation, and status requests to the workers.
+//! - `envelope`: orders that arrive while a publish awaits its PubAck, gathered into one.
+//! - `inbox`: the one reply subscription and its map of waiting requests.
+//! - `limits`: per-client rate limiting of order submissions (off unless configured).
+//! - `metrics`: the Prometheus metrics behind `/metrics`.
+//! - `pages`, `i18n`: the pages from `ui/templates`, in the shopper's language (`ui/locales`).
+//! - `http`: response helpers.
+//!
+//! Only [`form`] and the items linked above are public: the binary, the benchmarks and the
+//! API tests use nothing else.
 
 pub(crate) mod connection;
 pub(crate) mod envelope;

@@ -1,12 +1,13 @@
-//! One batch of deliveries → one transaction → one outcome per order, then the confirmations
-//! (one message per front inbox that asks for it) and the acks, in that order: nothing is
-//! confirmed before its commit, nothing is acked before its confirmation is on the wire.
+//! One pull of deliveries → chunks of at most `worker.batch_size` orders, committed side by
+//! side, one transaction each → one outcome per order, then the confirmations (one message per
+//! front inbox that asks for it) and the acks, in that order: nothing is confirmed before its
+//! commit, nothing is acked before its confirmation is on the wire.
 //!
 //! A message carries one order, or an envelope of several (see `messages::ENVELOPE_HEADER`);
 //! either way each order is committed, confirmed or dead-lettered on its own, and the message
-//! is acked only once every order in it is committed or dead-lettered. A batch the database
+//! is acked only once every order in it is committed or dead-lettered. A chunk the database
 //! refuses is retried order by order, so one bad order cannot hold back the others. What is
-//! done with each order is decided by [`decide`] (pure, tested case by case); this module
+//! done with each order is decided by `decide` (pure, tested case by case); this module
 //! reads the messages, commits, and carries the decision out.
 
 use std::collections::{HashMap, HashSet};
