@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// FinalPrice's front: serves the order form and hands each order to the workers through NATS
+/// FinalPrice's front: serves the order form, hands each order to the workers through NATS
 /// JetStream
 #[derive(Debug, Parser)]
 #[command(name = "finalprice-front", version, after_help = CONFIGURATION)]
