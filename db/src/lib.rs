@@ -47,7 +47,17 @@ pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
                 None => postgres,
             }
         });
-    Database::connect(options).await
+    Database::connect(options).await.map_err(|error| {
+        // The driver quotes a URL it cannot parse whole, password and all, and this error is
+        // logged: the password is taken out of it.
+        let text = error.to_string();
+        if text.contains(&config.url) {
+            let shown = finalprice_shared::config::redact_url_password(&config.url);
+            DbErr::Custom(text.replace(&config.url, &shown))
+        } else {
+            error
+        }
+    })
 }
 
 /// Whether `db` has the `orders` table: how a tool that reads orders tells a database that is

@@ -535,6 +535,25 @@ fn a_bad_setting_stops_the_worker_with_its_name() {
     assert!(stderr.contains("worker.batch_size"), "{stderr}");
 }
 
+#[test]
+fn a_database_url_it_cannot_parse_is_logged_without_its_password() {
+    let output = worker_binary()
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            "postgres://finalprice:s3cret-in-url@127.0.0.1:port/finalprice",
+        )
+        .output()
+        .expect("finalprice-worker runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("postgres://finalprice:***@127.0.0.1:port/finalprice"),
+        "the URL is named: {stderr}"
+    );
+    assert!(!stderr.contains("s3cret-in-url"), "{stderr}");
+}
+
 #[tokio::test]
 async fn the_database_password_can_come_from_a_file() {
     let db = TestDb::empty(Backend::Postgres).await.expect("database");
