@@ -142,3 +142,31 @@ fn preflight_passes_the_machine_the_tests_run_on() {
     let (code, stderr) = preflight(Path::new(&std::env::var_os("PATH").expect("PATH")), "build");
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn preflight_for_the_tests_off_debian_names_each_package_and_installs_nothing() {
+    // No apt-get on this PATH: as off Debian, nothing can be installed, whoever runs it.
+    let machine = bare_machine("1.95.0");
+    let output = Command::new(repository().join("scripts/preflight"))
+        .arg("test")
+        .current_dir(repository())
+        .env("PATH", machine.path())
+        .env_remove("TEST_POSTGRES_URL")
+        .output()
+        .expect("scripts/preflight runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("installing"), "{stderr}");
+    assert!(
+        stderr.contains("chromium and chromedriver: ")
+            && stderr.contains("dnf install chromium chromedriver"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Node.js with npm: "), "{stderr}");
+    assert!(
+        stderr.contains("PostgreSQL: ") && stderr.contains("TEST_POSTGRES_URL="),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("this machine has rustc"), "{stderr}");
+}
