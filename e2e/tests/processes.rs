@@ -83,6 +83,28 @@ impl Stack {
         worker
     }
 
+    /// A worker whose logs may be too quiet to say it started (`RUST_LOG=warn`): ready once
+    /// one of its pulls waits at the workers' consumer.
+    async fn quiet_worker_with(&self, extra: &[(&'static str, String)]) -> Service {
+        let env = [self.env(), extra.to_vec()].concat();
+        let worker = Service::start("finalprice-worker", &env).expect("worker starts");
+        let client = async_nats::connect(self.nats.url()).await.expect("nats");
+        let js = &async_nats::jetstream::new(client);
+        let pulling = eventually(WAIT, || async move {
+            let consumer = js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    "workers", "ORDERS",
+                )
+                .await;
+            match consumer {
+                Ok(mut consumer) => consumer.info().await.is_ok_and(|info| info.num_waiting > 0),
+                Err(_) => false,
+            }
+        });
+        assert!(pulling.await, "worker not pulling:\n{}", worker.log());
+        worker
+    }
+
     async fn front(&self) -> Service {
         self.front_with(&[]).await
     }
@@ -471,76 +493,109 @@ async fn sigterm_to_a_worker_finishes_commits_confirms_and_acks_its_batches() {
     stack.assert_guarantees(&tally).await;
 }
 
+/// What one order left behind in a front and a worker that export their spans over OTLP/HTTP.
+struct ExportedOrder {
+    spans: Vec<otlp::ReceivedSpan>,
+    front_log: String,
+    worker_log: String,
+}
+
+impl ExportedOrder {
+    /// Runs one order, with a name and a phone the checks can look for, through a front and a
+    /// worker started with `settings` besides the export's; stops both with SIGTERM, which
+    /// flushes their exporters.
+    async fn run(settings: &[(&'static str, String)]) -> Self {
+        let receiver = otlp::Receiver::start().await;
+        let stack = Stack::new().await;
+        let otel = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ];
+        let env = [&otel[..], settings].concat();
+        let mut worker = stack.quiet_worker_with(&env).await;
+        let mut front = stack.front_with(&env).await;
+
+        let answer = stack
+            .http
+            .post(format!("{}/orders", stack.address))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("name=%D0%A2%D0%B0%D0%B9%D0%BD%D0%B0+%D0%9B%D0%B8%D1%87%D0%BD%D0%B0%D1%8F&phone=8+999+555-01-99")
+            .send()
+            .await
+            .expect("answer");
+        // The client follows the 303 to the order's page.
+        assert_eq!(answer.status(), 200);
+        assert!(
+            answer
+                .text()
+                .await
+                .expect("page")
+                .contains("Ваш заказ принят")
+        );
+        for service in [&mut front, &mut worker] {
+            service.terminate().expect("SIGTERM");
+            let exit = service
+                .wait_exit(Duration::from_secs(30))
+                .await
+                .expect("exit");
+            assert!(exit.success(), "{}", service.log());
+        }
+        Self {
+            spans: receiver.spans(),
+            front_log: front.log(),
+            worker_log: worker.log(),
+        }
+    }
+
+    /// The order's one trace, checked whole: the front's POST through the worker's commit and
+    /// back to the front.
+    fn order_trace(&self) -> Vec<&otlp::ReceivedSpan> {
+        let spans = &self.spans;
+        let process = spans
+            .iter()
+            .find(|span| span.service == "finalprice-worker" && span.name == "orders process")
+            .unwrap_or_else(|| panic!("no worker span received: {spans:#?}"));
+        let trace: Vec<_> = spans
+            .iter()
+            .filter(|span| span.trace_id == process.trace_id)
+            .collect();
+        for (service, name) in [
+            ("finalprice-front", "POST /orders"),
+            ("finalprice-front", "orders publish"),
+            ("finalprice-worker", "orders commit"),
+            ("finalprice-worker", "orders confirm"),
+            ("finalprice-front", "orders confirmation received"),
+        ] {
+            assert!(
+                trace
+                    .iter()
+                    .any(|span| span.service == service && span.name == name),
+                "{service} {name} missing from the order's trace: {trace:#?}"
+            );
+        }
+        trace
+    }
+}
+
+#[tokio::test]
+async fn logs_quieted_to_warn_still_export_the_whole_order_trace() {
+    // The usual way to quiet logs during a sale must not switch tracing off.
+    let order = ExportedOrder::run(&[("RUST_LOG", "warn".to_owned())]).await;
+    order.order_trace();
+}
+
 #[tokio::test]
 async fn both_services_export_one_trace_over_otlp_and_no_personal_data_anywhere() {
-    let receiver = otlp::Receiver::start().await;
-    let stack = Stack::new().await;
-    let otel = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-        // Every log line the services can write, for the personal-data check below.
-        ("RUST_LOG", "debug".to_owned()),
-    ];
-    let mut worker = stack.worker_with(&otel).await;
-    let mut front = stack.front_with(&otel).await;
-
-    let answer = stack
-        .http
-        .post(format!("{}/orders", stack.address))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("name=%D0%A2%D0%B0%D0%B9%D0%BD%D0%B0+%D0%9B%D0%B8%D1%87%D0%BD%D0%B0%D1%8F&phone=8+999+555-01-99")
-        .send()
-        .await
-        .expect("answer");
-    // The client follows the 303 to the order's page.
-    assert_eq!(answer.status(), 200);
-    assert!(
-        answer
-            .text()
-            .await
-            .expect("page")
-            .contains("Ваш заказ принят")
-    );
-    // SIGTERM flushes the exporters on the way out.
-    for service in [&mut front, &mut worker] {
-        service.terminate().expect("SIGTERM");
-        let exit = service
-            .wait_exit(Duration::from_secs(30))
-            .await
-            .expect("exit");
-        assert!(exit.success(), "{}", service.log());
-    }
-
-    let spans = receiver.spans();
-    let process = spans
-        .iter()
-        .find(|span| span.service == "finalprice-worker" && span.name == "orders process")
-        .unwrap_or_else(|| panic!("no worker span received: {spans:#?}"));
-    let trace: Vec<_> = spans
-        .iter()
-        .filter(|span| span.trace_id == process.trace_id)
-        .collect();
-    for (service, name) in [
-        ("finalprice-front", "POST /orders"),
-        ("finalprice-front", "orders publish"),
-        ("finalprice-worker", "orders commit"),
-        ("finalprice-worker", "orders confirm"),
-        ("finalprice-front", "orders confirmation received"),
-    ] {
-        assert!(
-            trace
-                .iter()
-                .any(|span| span.service == service && span.name == name),
-            "{service} {name} missing from the order's trace: {trace:#?}"
-        );
-    }
+    // Every log line the services can write, for the personal-data check below.
+    let order = ExportedOrder::run(&[("RUST_LOG", "debug".to_owned())]).await;
+    let trace = order.order_trace();
     // Each span says which release made it; the workspace has one version.
     for span in &trace {
         assert_eq!(span.version, env!("CARGO_PKG_VERSION"), "{span:#?}");
     }
 
-    let logs = format!("{}{}", front.log(), worker.log());
+    let logs = format!("{}{}", order.front_log, order.worker_log);
     assert!(
         logs.contains("order submitted"),
         "the debug logs were captured"
@@ -550,7 +605,7 @@ async fn both_services_export_one_trace_over_otlp_and_no_personal_data_anywhere(
             !logs.contains(secret),
             "a log line carries personal data ({secret})"
         );
-        for span in &spans {
+        for span in &order.spans {
             assert!(
                 !span.text.contains(secret),
                 "span {} carries personal data ({secret})",

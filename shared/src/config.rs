@@ -261,11 +261,14 @@ pub struct OrdersConfig {
     pub default_country: Country,
 }
 
-/// Log output.
+/// Log output, and which spans are exported when OTLP export is on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// `RUST_LOG` syntax, for the exported spans (and the events recorded in them) alone:
+    /// quieting the logs must never switch tracing off.
+    pub trace_filter: String,
 }
 
 /// How log lines are written.
@@ -462,6 +465,18 @@ impl Config {
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }
+        if self.log.trace_filter.trim().is_empty() {
+            return Err(invalid(
+                "log.trace_filter",
+                "names no directive (OTEL_TRACES_SAMPLER=always_off exports no spans)",
+            ));
+        }
+        if let Err(error) = crate::telemetry::trace_filter(&self.log.trace_filter) {
+            return Err(invalid(
+                "log.trace_filter",
+                format!("is not a filter: {error}"),
+            ));
+        }
         if self.worker.retry_delay.is_zero()
             || self.worker.retry_max_delay < self.worker.retry_delay
         {
@@ -543,6 +558,10 @@ mod tests {
         );
         assert_eq!(config.default_country(), Country::Russia);
         assert_eq!(config.log.format, LogFormat::Pretty);
+        assert!(
+            config.log.trace_filter.contains("finalprice_front=info"),
+            "our spans are exported at info whatever RUST_LOG says"
+        );
     }
 
     #[test]
@@ -572,6 +591,11 @@ mod tests {
             ("[nats]\nurl = \" , \"", "nats.url"),
             ("[nats]\npublish_timeout = \"1s\"", "nats.publish_timeout"),
             ("[http]\nshutdown_grace = \"16s\"", "http.shutdown_grace"),
+            ("[log]\ntrace_filter = \" \"", "log.trace_filter"),
+            (
+                "[log]\ntrace_filter = \"finalprice_front=loud\"",
+                "log.trace_filter",
+            ),
             (
                 "[nats]\nack_wait = \"5s\"\n[worker]\ncommit_timeout = \"5s\"",
                 "worker.commit_timeout",

@@ -1,5 +1,6 @@
 //! Logging and tracing for both services, set up once: `RUST_LOG`-filtered logs (pretty or JSON)
-//! and, when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, spans exported over OTLP.
+//! and, when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, spans exported over OTLP, chosen by
+//! `log.trace_filter` and the sampler, never by `RUST_LOG`.
 
 pub mod nats;
 
@@ -12,14 +13,15 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::filter::{FilterExt, ParseError, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Levels used when `RUST_LOG` is not set: our own crates at info, chatty dependencies quieter.
+/// Log levels used when `RUST_LOG` is not set: our own crates at info, chatty dependencies
+/// quieter.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn,async_nats=warn,h2=warn,tonic=warn";
 
 /// Why telemetry could not be set up.
@@ -32,6 +34,8 @@ pub enum TelemetryError {
         variable: &'static str,
         value: String,
     },
+    #[error("log.trace_filter is not a filter")]
+    TraceFilter(#[from] ParseError),
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
 }
@@ -55,9 +59,15 @@ impl TelemetryGuard {
     }
 }
 
-/// `RUST_LOG`, or the defaults: one filter per output, built from the same directives.
+/// The log lines' levels: `RUST_LOG`, or the defaults. Each log output builds its own.
 fn level_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// The exported spans' filter from `log.trace_filter`: its directives and nothing else, so
+/// `RUST_LOG` has no say in it.
+pub(crate) fn trace_filter(directives: &str) -> Result<EnvFilter, ParseError> {
+    EnvFilter::builder().parse(directives)
 }
 
 /// Whether the standard OpenTelemetry variables ask for span export.
@@ -145,11 +155,13 @@ pub fn init(
             .with_resource(resource.build())
             .build();
         opentelemetry::global::set_tracer_provider(provider.clone());
+        // Its own filter, not `RUST_LOG`'s: with `RUST_LOG=warn` the order's info spans would
+        // not be made at all, and not one would reach the collector.
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer(service_name))
                 .with_error_records_to_exceptions(true)
-                .with_filter(level_filter())
+                .with_filter(trace_filter(&log.trace_filter)?)
                 .boxed(),
         );
         Some(provider)

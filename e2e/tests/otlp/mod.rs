@@ -22,7 +22,8 @@ pub struct ReceivedSpan {
     /// The resource's `service.version`.
     pub version: String,
     pub name: String,
-    pub trace_id: Vec<u8>,
+    /// Lowercase hex, as W3C `traceparent` writes it.
+    pub trace_id: String,
     /// Attributes and events, as text, for the personal-data check.
     pub text: String,
 }
@@ -102,10 +103,14 @@ fn flatten(export: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                     version: version.clone(),
                     text: format!("{:?} {:?}", span.attributes, span.events),
                     name: span.name,
-                    trace_id: span.trace_id,
+                    trace_id: hex(&span.trace_id),
                 });
             }
         }
     }
     spans
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
