@@ -578,6 +578,18 @@ impl ExportedOrder {
     }
 }
 
+/// The JSON log lines in `log`; anything else it holds is skipped.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// A line's `trace_id` and `span_id`, when it has them.
+fn trace_ids(line: &serde_json::Value) -> Option<(&str, &str)> {
+    Some((line["trace_id"].as_str()?, line["span_id"].as_str()?))
+}
+
 #[tokio::test]
 async fn logs_quieted_to_warn_still_export_the_whole_order_trace() {
     // The usual way to quiet logs during a sale must not switch tracing off.
@@ -586,14 +598,56 @@ async fn logs_quieted_to_warn_still_export_the_whole_order_trace() {
 }
 
 #[tokio::test]
-async fn both_services_export_one_trace_over_otlp_and_no_personal_data_anywhere() {
-    // Every log line the services can write, for the personal-data check below.
-    let order = ExportedOrder::run(&[("RUST_LOG", "debug".to_owned())]).await;
+async fn both_services_export_one_trace_that_their_json_logs_name_and_no_personal_data_anywhere() {
+    let order = ExportedOrder::run(&[
+        // Every log line the services can write, for the personal-data check below.
+        ("RUST_LOG", "debug".to_owned()),
+        ("FINALPRICE_LOG__FORMAT", "json".to_owned()),
+    ])
+    .await;
     let trace = order.order_trace();
     // Each span says which release made it; the workspace has one version.
     for span in &trace {
         assert_eq!(span.version, env!("CARGO_PKG_VERSION"), "{span:#?}");
     }
+
+    // From a log line to its trace: the line the front writes inside the order's server span
+    // names that span.
+    let front = json_lines(&order.front_log);
+    let submitted = front
+        .iter()
+        .find(|line| line["message"] == "order submitted")
+        .unwrap_or_else(|| panic!("no JSON \"order submitted\" line:\n{}", order.front_log));
+    let server = trace
+        .iter()
+        .find(|span| span.name == "POST /orders")
+        .expect("checked above");
+    assert_eq!(
+        trace_ids(submitted),
+        Some((server.trace_id.as_str(), server.span_id.as_str())),
+        "{submitted}"
+    );
+    // And every line that names a span, in either service, names one that was exported.
+    let worker = json_lines(&order.worker_log);
+    for (service, lines) in [("front", &front), ("worker", &worker)] {
+        let named: Vec<_> = lines.iter().filter_map(trace_ids).collect();
+        assert!(!named.is_empty(), "no {service} line names its span");
+        for (trace_id, span_id) in named {
+            assert!(
+                order
+                    .spans
+                    .iter()
+                    .any(|span| span.trace_id == trace_id && span.span_id == span_id),
+                "the {service} logged span {span_id} of trace {trace_id}, never exported"
+            );
+        }
+    }
+    // A line outside any span names none.
+    let listening = front
+        .iter()
+        .find(|line| line["message"] == "front listening")
+        .expect("the start-up line");
+    assert_eq!(trace_ids(listening), None, "{listening}");
 
     let logs = format!("{}{}", order.front_log, order.worker_log);
     assert!(

@@ -1,20 +1,25 @@
 //! Logging and tracing for both services, set up once: `RUST_LOG`-filtered logs (pretty or JSON)
 //! and, when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, spans exported over OTLP, chosen by
-//! `log.trace_filter` and the sampler, never by `RUST_LOG`.
+//! `log.trace_filter` and the sampler, never by `RUST_LOG`; a JSON log line written inside an
+//! exported span names its `trace_id` and `span_id`.
 
 pub mod nats;
 
+use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::sync::Once;
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Key, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::{FilterExt, ParseError, filter_fn};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{Format, FormatEvent, FormatFields, Json, Writer};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
@@ -68,6 +73,64 @@ fn level_filter() -> EnvFilter {
 /// `RUST_LOG` has no say in it.
 pub(crate) fn trace_filter(directives: &str) -> Result<EnvFilter, ParseError> {
     EnvFilter::builder().parse(directives)
+}
+
+/// A JSON log line as tracing-subscriber writes it, plus `"trace_id"` and `"span_id"` of the
+/// exported span it was written in, so an operator goes from the line to the trace.
+///
+/// The ids come from OpenTelemetry's current context, which the OTLP layer sets while one of
+/// its spans is entered (context activation): the log layer itself sees no spans (see
+/// [`init`]). Hence a line names the innermost span that is exported, and none when export is
+/// off, outside every span, or in a trace the sampler dropped: an id is only written where a
+/// trace can be found by it.
+struct JsonWithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for JsonWithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let span = opentelemetry::Context::map_current(|cx| cx.span().span_context().clone());
+        if !span.is_sampled() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        writer.write_str(&with_trace_ids(&line, &span))
+    }
+}
+
+/// The JSON log lines' format: the event's fields at the top level, then the trace ids.
+fn json_format() -> JsonWithTraceIds<Format<Json>> {
+    JsonWithTraceIds(
+        tracing_subscriber::fmt::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false),
+    )
+}
+
+/// `line`, one JSON object and its newline, with `span`'s ids as its last two entries.
+fn with_trace_ids(line: &str, span: &SpanContext) -> String {
+    let Some(object) = line.trim_end().strip_suffix('}') else {
+        return line.to_owned();
+    };
+    let separator = if object.ends_with('{') { "" } else { "," };
+    let mut out = String::with_capacity(line.len() + 64);
+    let _ = writeln!(
+        out,
+        r#"{object}{separator}"trace_id":"{}","span_id":"{}"}}"#,
+        span.trace_id(),
+        span.span_id()
+    );
+    out
 }
 
 /// Whether the standard OpenTelemetry variables ask for span export.
@@ -133,8 +196,7 @@ pub fn init(
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(json_format())
             .with_filter(level_filter().and(events_only))
             .boxed(),
     };
@@ -161,6 +223,9 @@ pub fn init(
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer(service_name))
                 .with_error_records_to_exceptions(true)
+                // Entering a span makes its context current: the JSON log lines read their
+                // trace ids there.
+                .with_context_activation(true)
                 .with_filter(trace_filter(&log.trace_filter)?)
                 .boxed(),
         );
@@ -186,4 +251,107 @@ pub fn init_for_tests() {
                 .try_init();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_sdk::trace::{InMemorySpanExporterBuilder, Sampler, SpanData};
+
+    use super::*;
+
+    /// What the log layer wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Logs a line outside any span and one inside a span, as `init` sets them up for JSON;
+    /// returns the lines and the spans exported.
+    fn log_in_and_out_of_a_span(sampler: Sampler) -> (Vec<String>, Vec<SpanData>) {
+        let exporter = InMemorySpanExporterBuilder::new().build();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .with_sampler(sampler)
+            .build();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .event_format(json_format())
+                    .with_writer(move || writer.clone())
+                    .with_filter(filter_fn(|metadata| metadata.is_event())),
+            )
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            // Interest is cached per callsite for the whole process; a test on another thread
+            // may have cached it without this subscriber.
+            tracing::callsite::rebuild_interest_cache();
+            tracing::info!("outside");
+            tracing::info_span!("order").in_scope(|| tracing::info!(order_id = 7, "inside"));
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("UTF-8");
+        // Before the provider is dropped: its shutdown empties the exporter.
+        let spans = exporter.get_finished_spans().expect("spans");
+        (text.lines().map(str::to_owned).collect(), spans)
+    }
+
+    #[test]
+    fn a_json_line_inside_an_exported_span_ends_with_its_trace_and_span_ids() {
+        let (lines, spans) = log_in_and_out_of_a_span(Sampler::AlwaysOn);
+        let span = &spans.first().expect("the span was exported").span_context;
+
+        assert!(!lines[0].contains("trace_id"), "{}", lines[0]);
+        let ids = format!(
+            r#","trace_id":"{}","span_id":"{}"}}"#,
+            span.trace_id(),
+            span.span_id()
+        );
+        assert!(
+            lines[1].ends_with(&ids),
+            "{} should end with {ids}",
+            lines[1]
+        );
+        let line: serde_json::Value = serde_json::from_str(&lines[1]).expect("still JSON");
+        assert_eq!(line["message"], "inside");
+        assert_eq!(line["order_id"], 7);
+    }
+
+    #[test]
+    fn a_json_line_in_a_trace_the_sampler_dropped_names_no_trace() {
+        let (lines, spans) = log_in_and_out_of_a_span(Sampler::AlwaysOff);
+        assert!(spans.is_empty());
+        assert!(!lines[1].contains("trace_id"), "{}", lines[1]);
+        assert!(lines[1].contains(r#""message":"inside""#), "{}", lines[1]);
+    }
+
+    #[test]
+    fn trace_ids_are_added_to_an_empty_object_too() {
+        let span = SpanContext::new(
+            opentelemetry::trace::TraceId::from(1),
+            opentelemetry::trace::SpanId::from(2),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            false,
+            Default::default(),
+        );
+        assert_eq!(
+            with_trace_ids("{}\n", &span),
+            format!(
+                "{{\"trace_id\":\"{:032x}\",\"span_id\":\"{:016x}\"}}\n",
+                1, 2
+            )
+        );
+    }
 }

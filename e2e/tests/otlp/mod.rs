@@ -22,8 +22,9 @@ pub struct ReceivedSpan {
     /// The resource's `service.version`.
     pub version: String,
     pub name: String,
-    /// Lowercase hex, as W3C `traceparent` writes it.
+    /// Lowercase hex, as W3C `traceparent` and the services' JSON log lines write it.
     pub trace_id: String,
+    pub span_id: String,
     /// Attributes and events, as text, for the personal-data check.
     pub text: String,
 }
@@ -104,6 +105,7 @@ fn flatten(export: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                     text: format!("{:?} {:?}", span.attributes, span.events),
                     name: span.name,
                     trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
                 });
             }
         }
