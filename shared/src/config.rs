@@ -618,12 +618,21 @@ mod tests {
             jail.set_env("DATABASE_URL", "postgres://fp:pw@db/fp");
             jail.set_env("FINALPRICE_HTTP__ADDR", "0.0.0.0:9000");
             jail.set_env("FINALPRICE_WORKER__BATCH_SIZE", "64");
+            // RUST_LOG's syntax, commas and all, read as one string.
+            jail.set_env(
+                "FINALPRICE_LOG__TRACE_FILTER",
+                "warn,finalprice_front=debug,finalprice_worker=info",
+            );
             jail.set_env(CONFIG_FILE_ENV, "ignored-by-the-env-layer.toml");
             let config = Config::from_figment(&Config::figment(None)).expect("valid");
             assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
             assert_eq!(config.db.url, "postgres://fp:pw@db/fp");
             assert_eq!(config.http.addr.to_string(), "0.0.0.0:9000");
             assert_eq!(config.worker.batch_size, 64);
+            assert_eq!(
+                config.log.trace_filter,
+                "warn,finalprice_front=debug,finalprice_worker=info"
+            );
             Ok(())
         });
     }
