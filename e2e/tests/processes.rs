@@ -976,3 +976,50 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
         "{svg}"
     );
 }
+
+/// "Max open files" of process `pid`: (soft, hard), from /proc.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut values = line["Max open files".len()..].split_whitespace();
+    (
+        values.next().expect("soft").to_owned(),
+        values.next().expect("hard").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_front_started_with_an_ordinary_users_open_files_limit_raises_it_to_the_hard_one() {
+    // An ordinary user's shell: soft limit 1,024, the hard one far higher. Each connection is a
+    // file; a front left at 1,024 refuses shoppers long before its own bounds answer.
+    let nats = NatsServer::start().expect("nats-server");
+    let port = free_port().expect("a free port");
+    let front = finalprice_testkit::binary("finalprice-front").expect("built");
+    let mut child = finalprice_testkit::clean_command(std::path::Path::new("bash"))
+        .arg("-c")
+        .arg(r#"ulimit -Sn 1024 && exec "$0""#)
+        .arg(&front)
+        .env("NATS_URL", nats.url())
+        .env("FINALPRICE_HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the front starts");
+    let listening = eventually(WAIT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let (soft, hard) = open_files_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(listening, "the front did not listen");
+    let (_, our_hard) = open_files_limits(std::process::id());
+    assert_eq!(hard, our_hard, "the hard limit is inherited as it was");
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+}

@@ -37,6 +37,10 @@ where
     };
     let result = runtime.block_on(async {
         let guard = telemetry::init(service, version, &config.log)?;
+        match raise_open_files_limit() {
+            Ok(limit) => tracing::debug!(open_files_limit = limit, "open files limit raised"),
+            Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+        }
         let result = command(config).await;
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "{service} failed");
@@ -49,4 +53,13 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
+}
+
+/// Raises this process's soft limit on open files to its hard limit and returns the new soft
+/// limit. Each connection is a file: a front under a burst holds thousands, and an ordinary
+/// user's soft limit is often 1,024 while the hard one is far higher (Go's runtime and nginx
+/// raise theirs the same way). The tests that hold thousands of connections in process call it
+/// too.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
 }

@@ -34,7 +34,21 @@ fn main() -> ExitCode {
     service::main("finalprice-front", env!("CARGO_PKG_VERSION"), run)
 }
 
+/// Below this many open files a front runs out of sockets under a burst (each connection,
+/// idle ones included, is a file) long before its bounds answer 503.
+const FEW_OPEN_FILES: u64 = 4096;
+
 async fn run(config: Config) -> anyhow::Result<()> {
+    // service::main has raised the soft limit to the hard one; this reads it back.
+    if let Ok(limit) = service::raise_open_files_limit()
+        && limit < FEW_OPEN_FILES
+    {
+        tracing::warn!(
+            open_files_limit = limit,
+            "few open files allowed: each connection takes one; raise the hard limit \
+             (ulimit -Hn, systemd LimitNOFILE, the container's nofile ulimit)"
+        );
+    }
     let app = Application::build(&config).await?;
     let token = CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(token.clone()));

@@ -77,6 +77,9 @@ pub async fn spawn_app_on(
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
     finalprice_shared::telemetry::init_for_tests();
+    // Some tests hold thousands of connections to the front in this process; an ordinary
+    // user's soft limit (1,024) would refuse them where the service itself would not.
+    finalprice_shared::service::raise_open_files_limit().expect("the open files limit");
     let db = TestDb::new(backend).await.expect("test database");
     let mut config = finalprice_testkit::config(&nats, &db);
     adjust(&mut config);
