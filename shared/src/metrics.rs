@@ -37,9 +37,12 @@ pub fn encode(registry: &Registry) -> String {
     text
 }
 
-/// The process's resident memory and CPU time under the names Prometheus' own clients use
-/// (`process_resident_memory_bytes`, `process_cpu_seconds_total`), read from `/proc/self` at each
-/// scrape; where there is no `/proc` (not Linux), nothing is written.
+/// The process's resident memory, CPU time, open and allowed file descriptors, threads and start
+/// time under the names Prometheus' own clients use (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, `process_threads`,
+/// `process_start_time_seconds`), read from `/proc` at each scrape: a front holding thousands of
+/// sockets runs out of descriptors before memory, and a restart shows as a new start time.
+/// Where there is no `/proc` (not Linux), nothing is written.
 #[derive(Debug, Default)]
 pub struct ProcessCollector;
 
@@ -70,8 +73,90 @@ impl Collector for ProcessCollector {
                 counter.metric_type(),
             )?)?;
         }
+        let gauges = [
+            (
+                "process_open_fds",
+                "Open file descriptors: each client connection is one",
+                own_open_fds(),
+            ),
+            (
+                "process_max_fds",
+                "The most file descriptors this process may open (its soft limit)",
+                own_max_fds(),
+            ),
+            ("process_threads", "Operating system threads", own_threads()),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
+        }
+        if let Some(seconds) = own_start_time_seconds() {
+            let gauge = ConstGauge::new(seconds);
+            gauge.encode(encoder.encode_descriptor(
+                "process_start_time",
+                "When the process started, in seconds since the Unix epoch",
+                Some(&Unit::Seconds),
+                gauge.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
+}
+
+/// How many file descriptors this process has open (`None` where there is no `/proc`).
+fn own_open_fds() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    // The listing holds the descriptor that reads it.
+    Some(entries.saturating_sub(1))
+}
+
+/// This process's soft limit on open files: what `process_open_fds` may reach.
+fn own_max_fds() -> Option<u64> {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// This process's thread count (`None` where there is no `/proc`).
+fn own_threads() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// When this process started, in seconds since the Unix epoch: the boot time (`btime` of
+/// `/proc/stat`) plus the process's start (field 22 of `/proc/self/stat`, in ticks since boot).
+fn own_start_time_seconds() -> Option<f64> {
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let ticks = start_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    Some(boot as f64 + ticks as f64 / USER_HZ)
+}
+
+/// `starttime` of a `/proc/<pid>/stat` line, in ticks since boot.
+fn start_ticks(stat: &str) -> Option<u64> {
+    // As in cpu_seconds: after the name, starttime (field 22) is the 20th.
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// Registers `finalprice_build_info{version="…"} 1` at the registry's root: which release each
@@ -121,6 +206,9 @@ fn resident_bytes(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Ticks per second of `/proc/<pid>/stat`'s times: 100 on x86 and ARM, the platforms we build for.
+const USER_HZ: f64 = 100.0;
+
 /// `utime + stime` of a `/proc/<pid>/stat` line, in seconds.
 fn cpu_seconds(stat: &str) -> Option<f64> {
     // The command name (field 2) is in parentheses and may hold spaces; count from after it.
@@ -128,8 +216,7 @@ fn cpu_seconds(stat: &str) -> Option<f64> {
     // After the name: state is field 3, so utime (14) and stime (15) are the 12th and 13th.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    // Both are in USER_HZ ticks: 100 per second on x86 and ARM, the platforms we build for.
-    Some((utime + stime) as f64 / 100.0)
+    Some((utime + stime) as f64 / USER_HZ)
 }
 
 /// A `/metrics` response.
@@ -210,6 +297,38 @@ mod tests {
         let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 3 0";
         assert_eq!(cpu_seconds(stat), Some(3.8));
         assert_eq!(cpu_seconds("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn the_start_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat =
+            "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 3 0 98765 1 2";
+        assert_eq!(start_ticks(stat), Some(98_765));
+        assert_eq!(start_ticks("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_reports_its_descriptors_threads_and_start_under_the_standard_names() {
+        let mut registry = Registry::default();
+        ProcessCollector::register(&mut registry);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let text = encode(&registry);
+        let open = value(&text, "process_open_fds");
+        // The standard streams and the listener at least; fewer than the limit.
+        assert!(open >= 4.0, "{text}");
+        assert!(open < value(&text, "process_max_fds"), "{text}");
+        assert!(value(&text, "process_threads") >= 1.0, "{text}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        let started = value(&text, "process_start_time_seconds");
+        // This test process started within the last hour, not in the future (clock ticks: 10 ms).
+        assert!(
+            started <= now + 1.0 && started > now - 3600.0,
+            "{started} vs {now}"
+        );
+        drop(listener);
     }
 
     #[test]

@@ -95,6 +95,13 @@ async fn metrics_count_requests_orders_and_batches() {
             "{text}"
         );
         assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+        // A front holding thousands of sockets runs out of descriptors first: both are shown.
+        assert!(
+            sample(text, "process_open_fds", &[]) < sample(text, "process_max_fds", &[]),
+            "{text}"
+        );
+        assert!(sample(text, "process_threads", &[]) >= 1.0, "{text}");
+        assert!(text.contains("\nprocess_start_time_seconds "), "{text}");
         // Which release answers: the workspace has one version, so this package's is theirs.
         let build = format!(
             "\nfinalprice_build_info{{version=\"{}\"}} 1\n",
