@@ -99,6 +99,7 @@ pub struct FrontMetrics {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
     in_flight: Gauge,
+    max_in_flight: Gauge,
     connections: Gauge,
     idle_connections: Gauge,
     confirmation_wait_seconds: Family<WaitLabels, Histogram>,
@@ -114,6 +115,7 @@ impl Default for FrontMetrics {
         let request_seconds =
             Family::<RouteLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
         let in_flight = Gauge::default();
+        let max_in_flight = Gauge::default();
         let connections = Gauge::default();
         let idle_connections = Gauge::default();
         let confirmation_wait_seconds =
@@ -140,6 +142,12 @@ impl Default for FrontMetrics {
             "http_requests_in_flight",
             "Requests being handled",
             in_flight.clone(),
+        );
+        registry.register(
+            "http_max_in_flight",
+            "The in-flight bound (http.max_in_flight): a request past it is answered 503 at once; \
+             an alert compares http_requests_in_flight with it",
+            max_in_flight.clone(),
         );
         registry.register(
             "connections",
@@ -185,6 +193,7 @@ impl Default for FrontMetrics {
             requests,
             request_seconds,
             in_flight,
+            max_in_flight,
             connections,
             idle_connections,
             confirmation_wait_seconds,
@@ -197,6 +206,12 @@ impl Default for FrontMetrics {
 }
 
 impl FrontMetrics {
+    /// Shows the in-flight bound beside the requests in flight (set once, at start).
+    pub fn set_max_in_flight(&self, bound: usize) {
+        self.max_in_flight
+            .set(i64::try_from(bound).unwrap_or(i64::MAX));
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

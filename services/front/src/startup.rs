@@ -86,6 +86,7 @@ impl Application {
         let limits = envelope_limits(&config.nats, max_message, client.server_info().max_payload);
         tracing::info!(?limits, "gathering orders into envelopes");
         let metrics = Arc::new(FrontMetrics::default());
+        metrics.set_max_in_flight(config.http.max_in_flight);
         let queue = OrderQueue::new(
             client,
             js,

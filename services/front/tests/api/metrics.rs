@@ -156,3 +156,23 @@ async fn kept_alive_connections_between_requests_are_counted_as_idle() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_in_flight_bound_is_shown_beside_the_requests_in_flight() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |config| {
+        config.http.max_in_flight = 37;
+    })
+    .await;
+    let text = app.get("/metrics").await.text().await.expect("text");
+
+    assert_eq!(
+        sample(&text, "finalprice_front_http_max_in_flight", &[]),
+        37.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("\nfinalprice_front_http_requests_in_flight "),
+        "{text}"
+    );
+    app.stop().await;
+}
