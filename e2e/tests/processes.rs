@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use finalprice_shared::metrics::sample_value;
 use finalprice_testkit::load::{self, Tally, Target};
-use finalprice_testkit::{Backend, NatsServer, Service, TestDb, eventually, free_port};
+use finalprice_testkit::{Backend, NatsServer, Service, TestDb, eventually, free_port, repository};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
     TransactionTrait,
@@ -704,14 +704,6 @@ async fn status_and_export_tell_the_truth_about_a_live_stack() {
     }
 }
 
-/// The workspace root, where the justfile and compose.yaml live.
-fn repository() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e/ sits in the repository")
-        .to_path_buf()
-}
-
 #[test]
 fn every_operator_recipe_is_listed_with_its_help_line() {
     let root = repository();
@@ -755,16 +747,7 @@ fn every_operator_recipe_is_listed_with_its_help_line() {
 /// Docker Compose v2 as `scripts/tools docker-compose` finds or installs it (Docker's plugin, or
 /// the pinned wheel in .tools/): the rules compose.yaml is read by today, not v1's.
 fn compose() -> std::process::Command {
-    let output = std::process::Command::new(repository().join("scripts/tools"))
-        .arg("docker-compose")
-        .output()
-        .expect("scripts/tools runs");
-    assert!(
-        output.status.success(),
-        "scripts/tools docker-compose: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let found = String::from_utf8(output.stdout).expect("UTF-8");
+    let found = finalprice_testkit::tool("docker-compose").expect("Compose v2");
     // "docker compose" (the plugin) or one path.
     let mut words = found.split_whitespace();
     let mut command = std::process::Command::new(words.next().expect("a command"));

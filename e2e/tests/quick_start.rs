@@ -2,35 +2,10 @@
 //! the process that holds it, and `scripts/preflight` stops a machine that lacks a compiler or a
 //! new enough Rust with the sentence that says what to install.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use finalprice_testkit::{binary, free_port};
-
-/// The workspace root, where scripts/ lives.
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e/ sits in the repository")
-        .to_path_buf()
-}
-
-/// What `scripts/tools NAME` prints: the tool's path (installed into .tools/ if need be).
-fn tool(name: &str) -> String {
-    let output = Command::new(repository().join("scripts/tools"))
-        .arg(name)
-        .output()
-        .expect("scripts/tools runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned()
-}
+use finalprice_testkit::{binary, free_port, repository, tool};
 
 #[test]
 fn up_refuses_a_taken_port_and_names_the_process_holding_it() {
@@ -48,7 +23,7 @@ fn up_refuses_a_taken_port_and_names_the_process_holding_it() {
         .current_dir(repository())
         .env("UP_RUN_DIR", run_dir.path())
         .env("BIN_DIR", &bin_dir)
-        .env("NATS_SERVER_BIN", tool("nats-server"))
+        .env("NATS_SERVER_BIN", tool("nats-server").expect("nats-server"))
         .env("FINALPRICE_HTTP__ADDR", taken_address.to_string())
         .env(
             "FINALPRICE_WORKER__METRICS_ADDR",

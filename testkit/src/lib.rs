@@ -15,7 +15,7 @@ mod process;
 pub use cluster::NatsCluster;
 pub use db::{Backend, TestDb};
 pub use nats::{NatsServer, orders_in_stream};
-pub use process::{Service, binary, clean_command, free_port, operator};
+pub use process::{Service, binary, clean_command, free_port, operator, repository, tool};
 
 use figment::Figment;
 use figment::providers::{Format, Toml};

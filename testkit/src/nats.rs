@@ -135,23 +135,7 @@ pub(crate) fn binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return Ok(path.into());
     }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("testkit/ sits in the repository")?
-        .join("scripts/tools");
-    let output = Command::new(&tools)
-        .arg("nats-server")
-        .output()
-        .with_context(|| format!("cannot run {}", tools.display()))?;
-    if !output.status.success() {
-        bail!(
-            "nats-server not found: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&output.stdout).trim(),
-    ))
+    process::tool("nats-server").map(PathBuf::from)
 }
 
 /// Reads the port the server chose from its ports file, then waits until it accepts.

@@ -35,6 +35,31 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The workspace root, where the justfile, scripts/ and compose.yaml live.
+pub fn repository() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ sits in the repository")
+        .to_path_buf()
+}
+
+/// What `scripts/tools NAME` prints, as the recipes get it: the tool's command (`docker compose`
+/// for Docker's plugin, else one path), found on PATH or installed into the project's .tools/.
+pub fn tool(name: &str) -> anyhow::Result<String> {
+    let tools = repository().join("scripts/tools");
+    let output = Command::new(&tools)
+        .arg(name)
+        .output()
+        .with_context(|| format!("cannot run {}", tools.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{name} not found: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 /// `binary` with none of the caller's FinalPrice settings: no `FINALPRICE_*`, `OTEL_*`,
 /// `NATS_URL` or `DATABASE_URL` leaks from the shell running the tests into the process.
 pub fn clean_command(binary: &std::path::Path) -> Command {
