@@ -6,6 +6,7 @@
 //! - [`entity`]: the `orders` entity, built from a validated [`NewOrder`] only.
 //! - [`connect`]: a pool configured for the backend at hand.
 //! - [`has_orders_table`]: whether a database holds this schema at all.
+//! - [`pool_state`]: the pool's connections against its size, for the worker's metrics.
 //!
 //! [`NewOrder`]: finalprice_shared::messages::NewOrder
 
@@ -17,6 +18,36 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, EntityName as
 use sea_orm_migration::SchemaManager;
 
 pub use migrations::Migrator;
+
+/// The connection pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    /// Connections open, in use or idle.
+    pub open: u32,
+    /// Open connections no batch holds.
+    pub idle: u32,
+    /// The most it opens (`db.max_connections`).
+    pub max: u32,
+}
+
+/// How many connections `db`'s pool holds now, and how many it may (`None` for a backend
+/// without a pool, such as a mock connection).
+pub fn pool_state(db: &DatabaseConnection) -> Option<PoolState> {
+    // The pool getters panic on the other backend: the backend is asked first.
+    match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => Some(state_of(db.get_postgres_connection_pool())),
+        sea_orm::DbBackend::Sqlite => Some(state_of(db.get_sqlite_connection_pool())),
+        _ => None,
+    }
+}
+
+fn state_of<Db: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<Db>) -> PoolState {
+    PoolState {
+        open: pool.size(),
+        idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        max: pool.options().get_max_connections(),
+    }
+}
 
 /// Opens a pool sized and tuned for the configured backend.
 pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {

@@ -202,6 +202,10 @@ impl fmt::Debug for DbConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: SocketAddr,
+    /// A second listener for `/metrics` (and `/healthz`), kept off the shoppers' port; absent,
+    /// `/metrics` is served on `addr` as DESIGN.md lists it. Port 0 = any free port.
+    #[serde(default)]
+    pub admin_addr: Option<SocketAddr>,
     #[serde(with = "humantime_serde")]
     pub reply_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -584,6 +588,7 @@ mod tests {
             ("[http]\nretry_after = \"200ms\"", "http.retry_after"),
             ("[http]\nreply_timeout = \"soon\"", "reply_timeout"),
             ("[http]\naddr = \"not an address\"", "addr"),
+            ("[http]\nadmin_addr = \"localhost\"", "admin_addr"),
             ("[http]\nbogus = 1", "bogus"),
             ("[worker]\ncommit_timeout = \"0s\"", "worker.commit_timeout"),
             ("[nats]\nurl = \"http://x:4222\"", "nats.url"),
@@ -632,6 +637,25 @@ mod tests {
             assert_eq!(
                 config.log.trace_filter,
                 "warn,finalprice_front=debug,finalprice_worker=info"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn the_admin_address_is_absent_unless_set() {
+        let config = load_with("").expect("valid");
+        assert_eq!(
+            config.http.admin_addr, None,
+            "/metrics stays on the front's port by default (DESIGN.md)"
+        );
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FINALPRICE_HTTP__ADMIN_ADDR", "0.0.0.0:9464");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            assert_eq!(
+                config.http.admin_addr,
+                Some(SocketAddr::from(([0, 0, 0, 0], 9464)))
             );
             Ok(())
         });

@@ -1,6 +1,6 @@
 //! Prometheus metrics: the text encoding both services serve at `/metrics`, the process's own
 //! memory and CPU, its version, and the small HTTP listener the worker (which serves nothing
-//! else) uses for it.
+//! else) uses for it, as does the front when given an admin address.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,12 +21,94 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+#[doc(hidden)]
+pub use prometheus_client as __prometheus_client;
+
+/// Gives a fieldless enum its label values, spelled as Prometheus' conventions want
+/// (`create_order`, not the variant's `CreateOrder` that prometheus-client's derive writes), and
+/// a `label()` that returns the same text for logs and tests.
+#[macro_export]
+macro_rules! label_values {
+    ($kind:ident { $($variant:ident => $value:literal),+ $(,)? }) => {
+        impl $kind {
+            /// This value as the metrics' label shows it.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value),+
+                }
+            }
+        }
+
+        impl $crate::metrics::__prometheus_client::encoding::EncodeLabelValue for $kind {
+            fn encode(
+                &self,
+                encoder: &mut $crate::metrics::__prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> Result<(), std::fmt::Error> {
+                $crate::metrics::__prometheus_client::encoding::EncodeLabelValue::encode(
+                    &self.label(),
+                    encoder,
+                )
+            }
+        }
+    };
+}
+#[doc(inline)]
+pub use crate::label_values;
+
 /// What Prometheus is told it gets (prometheus-client writes OpenMetrics text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Histogram buckets for durations, 0.5 ms to about 16 s.
 pub fn duration_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16)
+}
+
+/// What a scraper that did not ask for OpenMetrics gets: the classic Prometheus text format,
+/// which `promtool check metrics` and older scrapers read.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scrape's `Accept` header takes OpenMetrics text, as Prometheus' own scrapes say
+/// first; anything else (curl's `*/*`, promtool's input) gets the classic format.
+pub fn accepts_openmetrics(accept: Option<&http::HeaderValue>) -> bool {
+    accept
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"))
+}
+
+/// OpenMetrics text (as [`encode`] writes it) in the classic Prometheus text format 0.0.4:
+/// there a counter's `HELP` and `TYPE` name its `_total` samples, an info metric is a gauge
+/// named `…_info`, and there is no `UNIT` nor `# EOF`. prometheus-client writes only
+/// OpenMetrics; the samples themselves are the same in both.
+pub fn classic_text(openmetrics: &str) -> String {
+    let types: std::collections::HashMap<&str, &str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split_once(' '))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        let Some((prefix, rest)) = described else {
+            text.push_str(line);
+            text.push('\n');
+            continue;
+        };
+        let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (suffix, kind) = match types.get(name).copied() {
+            Some("counter") => ("_total", "counter"),
+            Some("info") => ("_info", "gauge"),
+            Some("unknown") => ("", "untyped"),
+            Some(kind) => ("", kind),
+            None => ("", tail),
+        };
+        let tail = if prefix == "# TYPE " { kind } else { tail };
+        text.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+    }
+    text
 }
 
 /// The registry as OpenMetrics text.
@@ -219,12 +301,23 @@ fn cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
-/// A `/metrics` response.
-pub fn response(registry: &Registry) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(encode(registry))));
+/// A `/metrics` response of `registry`, in the format the scrape's `Accept` asks for.
+pub fn response(registry: &Registry, accept: Option<&http::HeaderValue>) -> Response<Full<Bytes>> {
+    negotiated(encode(registry), accept)
+}
+
+/// `openmetrics` (a scrape's text) as OpenMetrics when `accept` takes it, else as the classic
+/// Prometheus text, as Prometheus' own client libraries answer.
+fn negotiated(openmetrics: String, accept: Option<&http::HeaderValue>) -> Response<Full<Bytes>> {
+    let (text, content_type) = if accepts_openmetrics(accept) {
+        (openmetrics, CONTENT_TYPE)
+    } else {
+        (classic_text(&openmetrics), CLASSIC_CONTENT_TYPE)
+    };
+    let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static(CONTENT_TYPE),
+        header::HeaderValue::from_static(content_type),
     );
     response
 }
@@ -237,6 +330,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `GET /metrics` (and `GET /healthz`) from `registry` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+    serve_with(listener, move || encode(&registry), shutdown).await;
+}
+
+/// [`serve`] for a registry held inside something else (the front's, inside its metrics):
+/// `scrape` encodes it, once per `GET /metrics`.
+pub async fn serve_with<F>(listener: TcpListener, scrape: F, shutdown: CancellationToken)
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let scrape = Arc::new(scrape);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -252,12 +355,14 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: Can
                 }
             },
         };
-        let registry = Arc::clone(&registry);
+        let scrape = Arc::clone(&scrape);
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-            let registry = Arc::clone(&registry);
+            let scrape = Arc::clone(&scrape);
             async move {
                 let response = match (request.method(), request.uri().path()) {
-                    (&Method::GET, "/metrics") => response(&registry),
+                    (&Method::GET, "/metrics") => {
+                        negotiated(scrape(), request.headers().get(header::ACCEPT))
+                    }
                     (&Method::GET, "/healthz") => {
                         Response::new(Full::new(Bytes::from_static(b"ok\n")))
                     }
@@ -341,6 +446,50 @@ mod tests {
                 .any(|line| line == r#"finalprice_build_info{version="1.2.3"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples_and_drops_what_it_lacks() {
+        let mut registry = Registry::default();
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        counter.inc_by(3);
+        registry.register("orders", "Orders taken", counter);
+        let histogram = prometheus_client::metrics::histogram::Histogram::new([0.5]);
+        histogram.observe(0.25);
+        registry.register_with_unit("wait", "Time waited", Unit::Seconds, histogram);
+        let openmetrics = encode(&registry);
+        assert!(
+            openmetrics.contains("# TYPE orders counter\n"),
+            "{openmetrics}"
+        );
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+
+        let classic = classic_text(&openmetrics);
+        let expected = "# HELP orders_total Orders taken.\n\
+                        # TYPE orders_total counter\n\
+                        orders_total 3\n\
+                        # HELP wait_seconds Time waited.\n\
+                        # TYPE wait_seconds histogram\n\
+                        wait_seconds_sum 0.25\n\
+                        wait_seconds_count 1\n\
+                        wait_seconds_bucket{le=\"0.5\"} 1\n\
+                        wait_seconds_bucket{le=\"+Inf\"} 1\n";
+        assert_eq!(classic, expected);
+    }
+
+    #[test]
+    fn prometheus_scrapes_get_openmetrics_and_everyone_else_the_classic_text() {
+        let registry = Registry::default();
+        let prometheus = http::HeaderValue::from_static(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+             version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        );
+        let curl = http::HeaderValue::from_static("*/*");
+        let content_type =
+            |accept| response(&registry, accept).headers()[header::CONTENT_TYPE].clone();
+        assert_eq!(content_type(Some(&prometheus)), CONTENT_TYPE);
+        assert_eq!(content_type(Some(&curl)), CLASSIC_CONTENT_TYPE);
+        assert_eq!(content_type(None), CLASSIC_CONTENT_TYPE);
     }
 
     fn value(text: &str, name: &str) -> f64 {

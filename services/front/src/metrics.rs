@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use finalprice_shared::metrics::label_values;
 use finalprice_shared::metrics::{ProcessCollector, duration_buckets, register_build_info};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,7 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Which route answered, as a bounded label (never the raw path).
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Route {
     Form,
     CreateOrder,
@@ -41,16 +42,33 @@ impl Route {
     }
 }
 
+label_values!(Route {
+    Form => "form",
+    CreateOrder => "create_order",
+    ShowOrder => "show_order",
+    Healthz => "healthz",
+    Readyz => "readyz",
+    Metrics => "metrics",
+    Static => "static",
+    Unknown => "unknown",
+});
+
 /// How a wait for a worker's confirmation ended.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum WaitOutcome {
     Accepted,
     Pending,
     Rejected,
 }
 
+label_values!(WaitOutcome {
+    Accepted => "accepted",
+    Pending => "pending",
+    Rejected => "rejected",
+});
+
 /// Why a publish got no PubAck.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum PublishFailure {
     /// Not connected to nats-server within the publish timeout: nothing was handed to the
     /// client, so nothing goes out after the reconnect.
@@ -66,6 +84,18 @@ pub enum PublishFailure {
     /// The server refused; with `discard: new`, a full stream.
     Refused,
 }
+
+label_values!(PublishFailure {
+    Disconnected => "disconnected",
+    StreamNotFound => "stream_not_found",
+    Unavailable => "unavailable",
+    NoAck => "no_ack",
+    BrokenPipe => "broken_pipe",
+    TooManyInFlight => "too_many_in_flight",
+    TooLarge => "too_large",
+    Expectation => "expectation",
+    Refused => "refused",
+});
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -88,6 +118,30 @@ struct FailureLabels {
     kind: PublishFailure,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    /// The nats-server's name.
+    replica: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaRoleLabels {
+    replica: String,
+    role: ReplicaRole,
+}
+
+/// A nats-server's part in the order stream's replication group.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+enum ReplicaRole {
+    Leader,
+    Follower,
+}
+
+label_values!(ReplicaRole {
+    Leader => "leader",
+    Follower => "follower",
+});
+
 fn duration_histogram() -> Histogram {
     Histogram::new(duration_buckets())
 }
@@ -107,6 +161,19 @@ pub struct FrontMetrics {
     publish_retries: Family<FailureLabels, Counter>,
     envelope_orders: Histogram,
     envelopes_on: Gauge,
+    stream: StreamGauges,
+}
+
+/// The order stream as the front last saw it: every front reports it, so it is there while no
+/// worker is (a work-queue stream's messages are the orders not yet committed).
+#[derive(Debug, Default)]
+struct StreamGauges {
+    messages: Gauge,
+    bytes: Gauge,
+    max_messages: Gauge,
+    max_bytes: Gauge,
+    replica_current: Family<ReplicaRoleLabels, Gauge>,
+    replica_lag: Family<ReplicaLabels, Gauge>,
 }
 
 impl Default for FrontMetrics {
@@ -124,6 +191,7 @@ impl Default for FrontMetrics {
         let publish_retries = Family::default();
         let envelope_orders = Histogram::new(exponential_buckets(1.0, 2.0, 9));
         let envelopes_on = Gauge::default();
+        let stream = StreamGauges::default();
         let mut root = Registry::default();
         ProcessCollector::register(&mut root);
         register_build_info(&mut root, env!("CARGO_PKG_VERSION"));
@@ -134,7 +202,7 @@ impl Default for FrontMetrics {
             requests.clone(),
         );
         registry.register(
-            "http_request_seconds",
+            "http_request_duration_seconds",
             "Time to answer, by route",
             request_seconds.clone(),
         );
@@ -188,6 +256,38 @@ impl Default for FrontMetrics {
              envelopes answers)",
             envelopes_on.clone(),
         );
+        registry.register(
+            "stream_messages",
+            "Messages in the order stream: orders published and not yet committed by a worker",
+            stream.messages.clone(),
+        );
+        registry.register(
+            "stream_bytes",
+            "Bytes in the order stream",
+            stream.bytes.clone(),
+        );
+        registry.register(
+            "stream_max_messages",
+            "The order stream's bound on messages (nats.stream_max_messages; -1: none); past it \
+             publishes are refused",
+            stream.max_messages.clone(),
+        );
+        registry.register(
+            "stream_max_bytes",
+            "The order stream's bound on bytes (-1: none)",
+            stream.max_bytes.clone(),
+        );
+        registry.register(
+            "stream_replica_current",
+            "Each nats-server holding the order stream: 1 when up to date with the leader (the \
+             leader itself included), 0 when behind or offline",
+            stream.replica_current.clone(),
+        );
+        registry.register(
+            "stream_replica_lag",
+            "Operations each follower of the order stream is behind its leader",
+            stream.replica_lag.clone(),
+        );
         Self {
             registry: root,
             requests,
@@ -201,6 +301,7 @@ impl Default for FrontMetrics {
             publish_retries,
             envelope_orders,
             envelopes_on,
+            stream,
         }
     }
 }
@@ -210,6 +311,47 @@ impl FrontMetrics {
     pub fn set_max_in_flight(&self, bound: usize) {
         self.max_in_flight
             .set(i64::try_from(bound).unwrap_or(i64::MAX));
+    }
+
+    /// Shows the order stream as `info` describes it.
+    pub fn stream_seen(&self, info: &async_nats::jetstream::stream::Info) {
+        let stream = &self.stream;
+        stream.messages.set(saturating_i64(info.state.messages));
+        stream.bytes.set(saturating_i64(info.state.bytes));
+        stream.max_messages.set(info.config.max_messages);
+        stream.max_bytes.set(info.config.max_bytes);
+        // A server that left the group must not stay on the dashboard as it was last seen, nor
+        // a former leader as leader.
+        stream.replica_current.clear();
+        stream.replica_lag.clear();
+        let Some(cluster) = &info.cluster else {
+            return;
+        };
+        if let Some(leader) = &cluster.leader {
+            stream
+                .replica_current
+                .get_or_create(&ReplicaRoleLabels {
+                    replica: leader.clone(),
+                    role: ReplicaRole::Leader,
+                })
+                .set(1);
+        }
+        for peer in &cluster.replicas {
+            let current = peer.current && !peer.offline;
+            stream
+                .replica_current
+                .get_or_create(&ReplicaRoleLabels {
+                    replica: peer.name.clone(),
+                    role: ReplicaRole::Follower,
+                })
+                .set(i64::from(current));
+            stream
+                .replica_lag
+                .get_or_create(&ReplicaLabels {
+                    replica: peer.name.clone(),
+                })
+                .set(saturating_i64(peer.lag.unwrap_or(0)));
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -267,6 +409,10 @@ impl FrontMetrics {
             .get_or_create(&FailureLabels { kind })
             .inc();
     }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// One unit of a gauge, given back when the guard drops (request answered, connection closed).

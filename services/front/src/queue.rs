@@ -16,6 +16,7 @@ use finalprice_shared::messages::{
 };
 use finalprice_shared::telemetry;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -36,6 +37,10 @@ const FIRST_POLL: Duration = Duration::from_millis(25);
 /// How long one look at the order stream answers every `/readyz`: probes may come from
 /// anywhere and in any number, and each look is a request to nats-server's JetStream API.
 const STREAM_LOOK_FRESH: Duration = Duration::from_secs(1);
+
+/// How often the stream's gauges are refreshed without a probe asking: within a scrape
+/// interval, at one stream-info request per front.
+const STREAM_WATCH_EVERY: Duration = Duration::from_secs(5);
 
 /// How a submission ended, short of an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,12 +175,29 @@ impl OrderQueue {
             return reachable;
         }
         let info = self.js.get_stream(&self.stream_name);
-        let reachable = matches!(
-            tokio::time::timeout(self.timeouts.publish, info).await,
-            Ok(Ok(_))
-        );
+        let reachable = match tokio::time::timeout(self.timeouts.publish, info).await {
+            Ok(Ok(stream)) => {
+                self.metrics.stream_seen(stream.cached_info());
+                true
+            }
+            _ => false,
+        };
         *look = Some((Instant::now(), reachable));
         reachable
+    }
+
+    /// Looks at the order stream every [`STREAM_WATCH_EVERY`] until `shutdown`, so its gauges
+    /// (length, bounds, replicas) stay current between probes.
+    pub async fn watch_stream(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(STREAM_WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.stream_reachable().await;
+        }
     }
 
     /// Publishes `order` (alone or in an envelope) and waits up to the reply timeout for a

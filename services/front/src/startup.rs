@@ -32,6 +32,8 @@ use crate::routes::{self, AppState};
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` and `/healthz` off the shoppers' port, when `http.admin_addr` is set.
+    admin: Option<TcpListener>,
     state: Arc<AppState>,
     /// Subscribed in `build`, so `status` sees the front as soon as it serves.
     pings: async_nats::Subscriber,
@@ -107,10 +109,20 @@ impl Application {
             metrics,
             locales: Locales::load()?,
         });
+        // Before the shoppers' port, which is bound last (see above).
+        let admin = match config.http.admin_addr {
+            Some(addr) => Some(
+                finalprice_shared::metrics::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (http.admin_addr)"))?,
+            ),
+            None => None,
+        };
         let listener = bind(config.http.addr)
             .with_context(|| format!("cannot listen on {}", config.http.addr))?;
         Ok(Self {
             listener,
+            admin,
             state,
             pings,
         })
@@ -121,11 +133,18 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Where the admin listener serves `GET /metrics`; `None` when `http.admin_addr` is not set
+    /// and `/metrics` is on [`Application::local_addr`].
+    pub fn admin_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr).transpose()
+    }
+
     /// Serves until `shutdown` fires; then closes the listener at once and waits for the
     /// connections in flight to finish their current request.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
+            admin,
             state,
             pings,
         } = self;
@@ -148,6 +167,18 @@ impl Application {
         let connections = Arc::new(Semaphore::new(state.http.max_connections));
         let tasks = TaskTracker::new();
         tracing::info!(addr = %listener.local_addr()?, "front listening");
+        let admin = match admin {
+            Some(admin) => {
+                tracing::info!(addr = %admin.local_addr()?, "front metrics on /metrics");
+                let metrics = Arc::clone(&state.metrics);
+                Some(tokio::spawn(finalprice_shared::metrics::serve_with(
+                    admin,
+                    move || finalprice_shared::metrics::encode(metrics.registry()),
+                    shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
         let pings = tokio::spawn(presence::answer_pings(
             state.queue.client().clone(),
             pings,
@@ -158,11 +189,13 @@ impl Application {
             let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
             async move {
                 let client = state.queue.client().clone();
-                state
-                    .queue
-                    .envelopes()
-                    .watch_workers(client, shutdown)
-                    .await;
+                tokio::join!(
+                    state
+                        .queue
+                        .envelopes()
+                        .watch_workers(client, shutdown.clone()),
+                    state.queue.watch_stream(shutdown),
+                );
             }
         });
         let serve = |socket: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
@@ -239,6 +272,9 @@ impl Application {
         }
         let _ = pings.await;
         let _ = watch.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         let client = state.queue.client().clone();
         if let Err(error) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
             tracing::debug!(%error, "final flush timed out");

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::decide::Policy;
 use crate::process::{self, BatchContext};
-use crate::stats::WorkerStats;
+use crate::stats::{PoolCollector, WorkerStats};
 use crate::status;
 
 /// How long an idle worker's pull request waits for a first order. Short, because a stopping
@@ -39,6 +39,8 @@ pub struct Application {
     js: jetstream::Context,
     db: DatabaseConnection,
     stream: stream::Stream,
+    /// `ORDERS_DLQ`, whose length the metrics show.
+    dead_letters: stream::Stream,
     consumer: PullConsumer,
     config: WorkerConfig,
     /// `nats.request_timeout` bounds one NATS request; a pull may take the idle poll plus two.
@@ -80,11 +82,12 @@ impl Application {
         // Until JetStream answers: nats-server starting, or a cluster electing its leaders. The
         // metrics listener (and its /healthz) is bound only after, so a health check says "not
         // up" meanwhile.
-        let (stream, consumer) = nats::until_set_up("order streams and workers' consumer", || {
-            set_up_streams(&js, &config.nats)
-        })
-        .await
-        .context("is nats-server running with JetStream enabled?")?;
+        let (stream, dead_letters, consumer) =
+            nats::until_set_up("order streams and workers' consumer", || {
+                set_up_streams(&js, &config.nats)
+            })
+            .await
+            .context("is nats-server running with JetStream enabled?")?;
         let metrics = metrics::bind(config.worker.metrics_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.worker.metrics_addr))?;
@@ -96,6 +99,7 @@ impl Application {
             js,
             db,
             stream,
+            dead_letters,
             consumer,
             config: config.worker.clone(),
             nats: config.nats.clone(),
@@ -120,6 +124,7 @@ impl Application {
         metrics::ProcessCollector::register(&mut registry);
         metrics::register_build_info(&mut registry, env!("CARGO_PKG_VERSION"));
         self.stats.register(&mut registry);
+        registry.register_collector(Box::new(PoolCollector(self.db.clone())));
         tracing::info!(addr = %self.metrics.local_addr()?, "worker metrics on /metrics");
         let metrics_task = tokio::spawn(metrics::serve(
             self.metrics,
@@ -128,6 +133,7 @@ impl Application {
         ));
         let lag_task = tokio::spawn(watch_consumer(
             self.consumer.clone(),
+            self.dead_letters.clone(),
             Arc::clone(&self.stats),
             shutdown.clone(),
         ));
@@ -264,19 +270,21 @@ impl Application {
 async fn set_up_streams(
     js: &jetstream::Context,
     config: &finalprice_shared::config::NatsConfig,
-) -> Result<(stream::Stream, PullConsumer), nats::SetupError> {
+) -> Result<(stream::Stream, stream::Stream, PullConsumer), nats::SetupError> {
     let stream = nats::ensure_orders_stream(js, config).await?;
-    nats::ensure_dead_letter_stream(js, config).await?;
+    let dead_letters = nats::ensure_dead_letter_stream(js, config).await?;
     let consumer = nats::ensure_workers_consumer(&stream, config).await?;
-    Ok((stream, consumer))
+    Ok((stream, dead_letters, consumer))
 }
 
 /// How often the consumer's backlog is read for the lag gauges.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
-/// Keeps `consumer_pending` / `consumer_ack_pending` current until `shutdown`.
+/// Keeps `consumer_pending` / `consumer_ack_pending` and `dead_letters` current until
+/// `shutdown`.
 async fn watch_consumer(
     mut consumer: PullConsumer,
+    mut dead_letters: stream::Stream,
     stats: Arc<WorkerStats>,
     shutdown: CancellationToken,
 ) {
@@ -292,6 +300,11 @@ async fn watch_consumer(
             Ok(Ok(info)) => stats.consumer_state(info.num_pending, info.num_ack_pending),
             Ok(Err(error)) => tracing::debug!(%error, "consumer info unavailable"),
             Err(_) => tracing::debug!("consumer info not answered in time"),
+        }
+        match tokio::time::timeout(LAG_EVERY, dead_letters.info()).await {
+            Ok(Ok(info)) => stats.dead_letters_held(info.state.messages),
+            Ok(Err(error)) => tracing::debug!(%error, "dead-letter stream info unavailable"),
+            Err(_) => tracing::debug!("dead-letter stream info not answered in time"),
         }
     }
 }

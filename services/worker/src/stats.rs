@@ -3,21 +3,64 @@
 use std::time::Duration;
 
 use finalprice_shared::metrics::duration_buckets;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use finalprice_shared::metrics::label_values;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sea_orm::DatabaseConnection;
 
 use crate::error::CommitFailure;
 
+/// The database pool's connections against its size, read at each scrape:
+/// `finalprice_worker_db_pool_connections`, `…_idle_connections` and `…_max_connections`.
+#[derive(Debug)]
+pub(crate) struct PoolCollector(pub(crate) DatabaseConnection);
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(pool) = finalprice_db::pool_state(&self.0) else {
+            return Ok(());
+        };
+        let gauges = [
+            (
+                "finalprice_worker_db_pool_connections",
+                "Database connections open, in use or idle",
+                pool.open,
+            ),
+            (
+                "finalprice_worker_db_pool_idle_connections",
+                "Open database connections no batch holds",
+                pool.idle,
+            ),
+            (
+                "finalprice_worker_db_pool_max_connections",
+                "The most database connections the pool opens (db.max_connections)",
+                pool.max,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::from(value));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a batch was not committed, as a label.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum FailureKind {
     Transient,
     Permanent,
 }
+
+label_values!(FailureKind {
+    Transient => "transient",
+    Permanent => "permanent",
+});
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
@@ -37,6 +80,7 @@ pub struct WorkerStats {
     commit_seconds: Histogram,
     consumer_pending: Gauge,
     consumer_ack_pending: Gauge,
+    dead_letters: Gauge,
     pulls_failed: Counter,
 }
 
@@ -53,6 +97,7 @@ impl Default for WorkerStats {
             commit_seconds: Histogram::new(duration_buckets()),
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
+            dead_letters: Gauge::default(),
             pulls_failed: Counter::default(),
         }
     }
@@ -117,7 +162,7 @@ impl WorkerStats {
             self.batch_size.clone(),
         );
         registry.register(
-            "commit_seconds",
+            "commit_duration_seconds",
             "Time to commit one batch",
             self.commit_seconds.clone(),
         );
@@ -130,6 +175,11 @@ impl WorkerStats {
             "consumer_ack_pending",
             "Orders delivered to workers and not yet acked",
             self.consumer_ack_pending.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Orders in ORDERS_DLQ now, kept for an operator to look at (`just dlq`)",
+            self.dead_letters.clone(),
         );
         registry.register(
             "pulls_failed",
@@ -174,6 +224,11 @@ impl WorkerStats {
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
         self.consumer_ack_pending
             .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn dead_letters_held(&self, messages: u64) {
+        self.dead_letters
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
     }
 
     /// The counters now.

@@ -45,6 +45,12 @@ impl AppState {
     pub fn retry_after_secs(&self) -> u64 {
         self.http.retry_after.as_secs().max(1)
     }
+
+    /// Whether `/metrics` is served on this port: not when it has an admin listener of its own,
+    /// so shoppers (and whatever is published through the edge) never see it.
+    pub fn serves_metrics(&self) -> bool {
+        self.http.admin_addr.is_none()
+    }
 }
 
 /// Routes one request from `peer`. Infallible: every failure is a response.
@@ -55,7 +61,11 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let _in_flight = state.metrics.start_request();
-    let route_label = classify(request.method(), request.uri().path());
+    let route_label = classify(
+        request.method(),
+        request.uri().path(),
+        state.serves_metrics(),
+    );
     // The server span of the order's trace; attributes per OpenTelemetry's HTTP conventions,
     // ids only (the path holds at most an order id).
     let span = tracing::info_span!(
@@ -76,14 +86,15 @@ pub async fn handle(
     response
 }
 
-/// The route a request is for, as a bounded metric label.
-fn classify(method: &Method, path: &str) -> Route {
+/// The route a request is for, as a bounded metric label; `/metrics` moved to the admin
+/// listener is an unknown path here, as it is answered.
+fn classify(method: &Method, path: &str, serves_metrics: bool) -> Route {
     match path {
         "/" => Route::Form,
         "/orders" if method == Method::POST => Route::CreateOrder,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
-        "/metrics" => Route::Metrics,
+        "/metrics" if serves_metrics => Route::Metrics,
         _ if path.starts_with("/orders/") => Route::ShowOrder,
         _ if path.starts_with("/static/") => Route::Static,
         _ => Route::Unknown,
@@ -102,8 +113,11 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
     match (read, path.as_str()) {
         (true, "/healthz") => return health::alive(),
         (true, "/readyz") => return Box::pin(health::ready(state)).await,
-        (true, "/metrics") => {
-            return finalprice_shared::metrics::response(state.metrics.registry());
+        (true, "/metrics") if state.serves_metrics() => {
+            return finalprice_shared::metrics::response(
+                state.metrics.registry(),
+                request.headers().get(header::ACCEPT),
+            );
         }
         _ => {}
     }
@@ -123,7 +137,8 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
         (true, _, path) if path.starts_with("/static/") => {
             static_files::serve(&path["/static/".len()..])
         }
-        (_, _, "/" | "/healthz" | "/readyz" | "/metrics") => not_allowed("GET, HEAD"),
+        (_, _, "/" | "/healthz" | "/readyz") => not_allowed("GET, HEAD"),
+        (_, _, "/metrics") if state.serves_metrics() => not_allowed("GET, HEAD"),
         (_, _, "/orders") => not_allowed("POST"),
         (_, _, path) if path.starts_with("/orders/") || path.starts_with("/static/") => {
             not_allowed("GET, HEAD")

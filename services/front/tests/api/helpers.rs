@@ -21,6 +21,9 @@ use uuid::Uuid;
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// The front's admin listener (`/metrics` off the shoppers' port), when the test set
+    /// `http.admin_addr`.
+    pub admin_addr: Option<std::net::SocketAddr>,
     pub nats: NatsServer,
     /// Lives as long as the app: the database is dropped with it.
     _db: TestDb,
@@ -85,6 +88,7 @@ pub async fn spawn_app_on(
     adjust(&mut config);
     let front = Front::build(&config).await.expect("front builds");
     let address = format!("http://{}", front.local_addr().expect("bound"));
+    let admin_addr = front.admin_addr().expect("admin listener bound");
     let stop = CancellationToken::new();
     let task = tokio::spawn(front.run_until_stopped(stop.clone()));
     let http = reqwest::Client::builder()
@@ -95,6 +99,7 @@ pub async fn spawn_app_on(
     let rows = db.connect().await.expect("database for assertions");
     TestApp {
         address,
+        admin_addr,
         nats,
         _db: db,
         config,

@@ -30,7 +30,8 @@ async fn metrics_count_requests_orders_and_batches() {
         front.headers()["content-type"]
             .to_str()
             .expect("ascii")
-            .contains("openmetrics")
+            .starts_with("text/plain; version=0.0.4"),
+        "a scrape that does not ask for OpenMetrics gets the classic text"
     );
     let front = front.text().await.expect("text");
     let worker = app
@@ -48,7 +49,7 @@ async fn metrics_count_requests_orders_and_batches() {
         sample(
             &front,
             created,
-            &["route=\"CreateOrder\"", "status=\"303\""]
+            &["route=\"create_order\"", "status=\"303\""]
         ),
         5.0,
         "{front}"
@@ -57,7 +58,7 @@ async fn metrics_count_requests_orders_and_batches() {
         sample(
             &front,
             created,
-            &["route=\"CreateOrder\"", "status=\"422\""]
+            &["route=\"create_order\"", "status=\"422\""]
         ),
         1.0
     );
@@ -65,7 +66,7 @@ async fn metrics_count_requests_orders_and_batches() {
         sample(
             &front,
             "finalprice_front_confirmation_wait_seconds_count",
-            &["outcome=\"Accepted\""]
+            &["outcome=\"accepted\""]
         ),
         5.0
     );
@@ -73,6 +74,20 @@ async fn metrics_count_requests_orders_and_batches() {
         sample(&worker, "finalprice_worker_orders_committed_total", &[]),
         5.0,
         "{worker}"
+    );
+    // The bounds beside their usage: the pool's size, the stream's (unbounded by default).
+    let pool = sample(&worker, "finalprice_worker_db_pool_max_connections", &[]);
+    assert!(pool >= 1.0, "{worker}");
+    assert!(sample(&worker, "finalprice_worker_db_pool_connections", &[]) <= pool);
+    assert!(
+        worker
+            .lines()
+            .any(|line| line == "finalprice_worker_dead_letters 0"),
+        "{worker}"
+    );
+    assert!(
+        sample(&front, "finalprice_front_stream_max_messages", &[]) > 0.0,
+        "nats/stream-orders.json bounds the stream: {front}"
     );
     let batches = sample(&worker, "finalprice_worker_batches_committed_total", &[]);
     assert!(

@@ -258,7 +258,7 @@ async fn with_nats_down_nothing_is_queued_for_later_and_the_front_still_stops() 
     // stored) after the reconnect, or fills it so that every later send waits for the server.
     let metrics = app.get("/metrics").await.text().await.expect("metrics");
     assert!(
-        metrics.contains("finalprice_front_publish_failures_total{kind=\"Disconnected\"} 500"),
+        metrics.contains("finalprice_front_publish_failures_total{kind=\"disconnected\"} 500"),
         "{metrics}"
     );
     // Answered, never a hang: the test client gives up (and fails the test) after 20 s.
