@@ -31,6 +31,11 @@ pub use prometheus_client as __prometheus_client;
 macro_rules! label_values {
     ($kind:ident { $($variant:ident => $value:literal),+ $(,)? }) => {
         impl $kind {
+            /// Every value, to create each labelled series at 0 before its first event: a
+            /// series that appears at 1 shows no increase, so `rate` would miss that event.
+            #[allow(dead_code)]
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
             /// This value as the metrics' label shows it.
             pub fn label(self) -> &'static str {
                 match self {

@@ -187,8 +187,15 @@ impl Default for FrontMetrics {
         let idle_connections = Gauge::default();
         let confirmation_wait_seconds =
             Family::<WaitLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
-        let publish_failures = Family::default();
-        let publish_retries = Family::default();
+        let publish_failures = Family::<FailureLabels, Counter>::default();
+        let publish_retries = Family::<FailureLabels, Counter>::default();
+        for &outcome in WaitOutcome::ALL {
+            drop(confirmation_wait_seconds.get_or_create(&WaitLabels { outcome }));
+        }
+        for &kind in PublishFailure::ALL {
+            drop(publish_failures.get_or_create(&FailureLabels { kind }));
+            drop(publish_retries.get_or_create(&FailureLabels { kind }));
+        }
         let envelope_orders = Histogram::new(exponential_buckets(1.0, 2.0, 9));
         let envelopes_on = Gauge::default();
         let stream = StreamGauges::default();

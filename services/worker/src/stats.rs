@@ -86,13 +86,17 @@ pub struct WorkerStats {
 
 impl Default for WorkerStats {
     fn default() -> Self {
+        let batches_failed = Family::<FailureLabels, Counter>::default();
+        for &kind in FailureKind::ALL {
+            drop(batches_failed.get_or_create(&FailureLabels { kind }));
+        }
         Self {
             batches_committed: Counter::default(),
             orders_inserted: Counter::default(),
             orders_already_committed: Counter::default(),
             orders_dead_lettered: Counter::default(),
             redeliveries: Counter::default(),
-            batches_failed: Family::default(),
+            batches_failed,
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_seconds: Histogram::new(duration_buckets()),
             consumer_pending: Gauge::default(),
