@@ -129,15 +129,22 @@ traces:
 dc-up:
     #!/usr/bin/env bash
     set -euo pipefail
+    # The secrets compose.yaml refuses to start without (see .env.example); only this machine
+    # knows them. PostgreSQL takes its password when its volume is first made.
+    secret() { head -c 24 /dev/urandom | base64 | tr -d '/+=\n'; }
+    umask 077
     if [ ! -f .env ]; then
-      # The secrets compose.yaml refuses to start without (see .env.example); only this machine
-      # knows them. PostgreSQL takes its password when its volume is first made.
-      secret() { head -c 24 /dev/urandom | base64 | tr -d '/+=\n'; }
-      umask 077
-      printf 'NATS_PASSWORD=%s\nPOSTGRES_PASSWORD=%s\n' "$(secret)" "$(secret)" >.env
-      echo "dc-up: wrote .env with new random NATS_PASSWORD and POSTGRES_PASSWORD (kept for every later dc-up; readable by you only)"
+      printf 'NATS_PASSWORD=%s\nPOSTGRES_PASSWORD=%s\nGRAFANA_ADMIN_PASSWORD=%s\n' \
+        "$(secret)" "$(secret)" "$(secret)" >.env
+      echo "dc-up: wrote .env with new random NATS_PASSWORD, POSTGRES_PASSWORD and GRAFANA_ADMIN_PASSWORD (kept for every later dc-up; readable by you only)"
+    elif ! grep -q '^GRAFANA_ADMIN_PASSWORD=' .env; then
+      # An .env from before Grafana joined the stack: add its password, keep the others.
+      [ -z "$(tail -c 1 .env)" ] || echo >>.env
+      printf 'GRAFANA_ADMIN_PASSWORD=%s\n' "$(secret)" >>.env
+      echo "dc-up: added a new random GRAFANA_ADMIN_PASSWORD to .env"
     fi
     {{compose}} up -d --build
+    echo "dc-up: the form is on http://localhost:8080/; Grafana on http://127.0.0.1:3000/ (admin, GRAFANA_ADMIN_PASSWORD in .env)"
 
 # Compose: stop the stack (volumes are kept)
 [group('compose')]
@@ -168,7 +175,7 @@ scale fronts workers:
 # Compose: check compose.yaml by Compose v2's rules the way CI does (no Docker engine needed)
 [group('compose')]
 dc-lint:
-    NATS_PASSWORD=lint POSTGRES_PASSWORD=lint {{compose}} -f compose.yaml config -q
+    NATS_PASSWORD=lint POSTGRES_PASSWORD=lint GRAFANA_ADMIN_PASSWORD=lint {{compose}} -f compose.yaml config -q
 
 # Build both services (the test profile: one set of artifacts for `up` and `test`)
 [group('development')]
