@@ -761,6 +761,7 @@ fn docker_compose_accepts_compose_yaml() {
         .args(["-f", "compose.yaml", "config", "-q"])
         .env("NATS_PASSWORD", "test")
         .env("POSTGRES_PASSWORD", "test")
+        .env("GRAFANA_ADMIN_PASSWORD", "test")
         .output()
         .expect("compose runs");
     assert!(
@@ -773,6 +774,7 @@ fn docker_compose_accepts_compose_yaml() {
         .args(["-f", "compose.yaml", "config", "-q"])
         .env_remove("NATS_PASSWORD")
         .env_remove("POSTGRES_PASSWORD")
+        .env_remove("GRAFANA_ADMIN_PASSWORD")
         .output()
         .expect("compose runs");
     assert!(
