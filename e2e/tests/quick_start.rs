@@ -138,6 +138,10 @@ fn preflight_for_the_tests_off_debian_names_each_package_and_installs_nothing() 
             && stderr.contains("dnf install chromium chromedriver"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("Prometheus: ") && stderr.contains("prometheus and promtool"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Node.js with npm: "), "{stderr}");
     assert!(
         stderr.contains("PostgreSQL: ") && stderr.contains("TEST_POSTGRES_URL="),
