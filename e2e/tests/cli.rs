@@ -187,3 +187,20 @@ fn the_load_generator_pointed_at_a_database_without_orders_says_which_and_what_t
         "no report of a run that did not happen"
     );
 }
+
+#[test]
+fn a_rust_log_that_does_not_parse_is_said_not_ignored() {
+    let binary = binary("finalprice-worker").expect("built");
+    // `status` against no nats-server: logging is set up, then the command fails in ~2 s.
+    let output = clean_command(&binary)
+        .arg("status")
+        .env("RUST_LOG", "=bad[")
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .expect("the worker runs");
+    let stderr = stderr(&output);
+    assert!(
+        stderr.contains("RUST_LOG is not a log filter; the default levels apply"),
+        "{stderr}"
+    );
+}

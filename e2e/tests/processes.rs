@@ -515,6 +515,16 @@ impl ExportedOrder {
         let env = [&otel[..], settings].concat();
         let mut worker = stack.quiet_worker_with(&env).await;
         let mut front = stack.front_with(&env).await;
+        // Probes and a scrape, as a kubelet and Prometheus send them: not the shoppers' traces.
+        for probe in ["/healthz", "/readyz", "/metrics"] {
+            let answer = stack
+                .http
+                .get(format!("{}{probe}", stack.address))
+                .send()
+                .await
+                .expect("probe answered");
+            assert_eq!(answer.status(), 200, "{probe}");
+        }
 
         let answer = stack
             .http
@@ -595,6 +605,17 @@ async fn logs_quieted_to_warn_still_export_the_whole_order_trace() {
     // The usual way to quiet logs during a sale must not switch tracing off.
     let order = ExportedOrder::run(&[("RUST_LOG", "warn".to_owned())]).await;
     order.order_trace();
+    // Nor do the probes and the scrape before it export traces of their own.
+    let probes: Vec<_> = order
+        .spans
+        .iter()
+        .filter(|span| {
+            ["/healthz", "/readyz", "/metrics"]
+                .iter()
+                .any(|path| span.name.ends_with(path))
+        })
+        .collect();
+    assert!(probes.is_empty(), "{probes:#?}");
 }
 
 #[tokio::test]

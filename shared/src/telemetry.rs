@@ -235,6 +235,13 @@ pub fn init(
     };
 
     tracing_subscriber::registry().with(layers).try_init()?;
+    // A RUST_LOG that does not parse falls back to the defaults above; said here, once logging
+    // works, or an operator would wonder why their levels do nothing.
+    if let Ok(directives) = std::env::var(EnvFilter::DEFAULT_ENV)
+        && let Err(error) = EnvFilter::builder().parse(&directives)
+    {
+        tracing::warn!(%error, "RUST_LOG is not a log filter; the default levels apply");
+    }
     Ok(TelemetryGuard { provider })
 }
 

@@ -40,6 +40,11 @@ impl Route {
             Route::Unknown => "unknown",
         }
     }
+
+    /// A liveness or readiness probe, or a metrics scrape: machines asking, not shoppers.
+    pub fn is_probe(self) -> bool {
+        matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+    }
 }
 
 label_values!(Route {

@@ -68,15 +68,27 @@ pub async fn handle(
     );
     // The server span of the order's trace; attributes per OpenTelemetry's HTTP conventions,
     // ids only (the path holds at most an order id).
-    let span = tracing::info_span!(
-        "http request",
-        otel.name = %format_args!("{} {}", request.method(), route_label.template()),
-        otel.kind = "server",
-        http.request.method = %request.method(),
-        http.route = route_label.template(),
-        url.path = %request.uri().path(),
-        http.response.status_code = tracing::field::Empty,
-    );
+    macro_rules! request_span {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "http request",
+                otel.name = %format_args!("{} {}", request.method(), route_label.template()),
+                otel.kind = "server",
+                http.request.method = %request.method(),
+                http.route = route_label.template(),
+                url.path = %request.uri().path(),
+                http.response.status_code = tracing::field::Empty,
+            )
+        };
+    }
+    // Probes and scrapes come every few seconds from every prober: at info they would bury the
+    // shoppers' traces in Jaeger. At debug, `log.trace_filter` leaves them out by default.
+    let span = if route_label.is_probe() {
+        request_span!(tracing::Level::DEBUG)
+    } else {
+        request_span!(tracing::Level::INFO)
+    };
     let mut response = route(&state, peer, request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     resp::add_security_headers(response.headers_mut());
