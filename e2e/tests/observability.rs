@@ -278,14 +278,43 @@ fn dashboard_queries() -> Vec<(String, String)> {
     queries
 }
 
-/// The metric names an expression reads (ours, the process metrics and `up`).
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|word| {
-            word.starts_with("finalprice_") || word.starts_with("process_") || *word == "up"
-        })
-        .map(str::to_owned)
-        .collect()
+/// The series selectors an expression reads (of our metrics, the process metrics and `up`),
+/// each with its label matchers: `up{job="finalprice-worker"}`.
+fn selectors(expr: &str) -> BTreeSet<String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut found = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find(is_name) {
+        let word = &rest[start..];
+        let end = word.find(|c: char| !is_name(c)).unwrap_or(word.len());
+        let (name, after) = word.split_at(end);
+        let matchers = after
+            .strip_prefix('{')
+            .and_then(|inner| Some(&after[..inner.find('}')? + 2]))
+            .unwrap_or("");
+        if name.starts_with("finalprice_") || name.starts_with("process_") || name == "up" {
+            found.insert(format!("{name}{matchers}"));
+        }
+        rest = &after[matchers.len()..];
+    }
+    found
+}
+
+#[test]
+fn selectors_keep_their_label_matchers() {
+    let found = selectors(
+        "sum by (kind) (rate(finalprice_front_publish_failures_total{kind=\"refused\"}[5m])) \
+         / process_max_fds and absent(up{job=\"finalprice-worker\"} == 1) > finalprice:x",
+    );
+    let expected: BTreeSet<String> = [
+        "finalprice_front_publish_failures_total{kind=\"refused\"}",
+        "process_max_fds",
+        "up{job=\"finalprice-worker\"}",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(found, expected);
 }
 
 /// `promtool check metrics` on one scrape, as a plain `curl` would take it (classic text).
@@ -460,7 +489,7 @@ async fn a_real_prometheus_finds_every_panel_and_rule_and_alerts_when_the_worker
             .json()
             .await
             .expect("rules JSON");
-        let mut alert_names = BTreeSet::new();
+        let mut alert_selectors = BTreeSet::new();
         let mut evaluated = 0;
         for rule in rules["data"]["groups"]
             .as_array()
@@ -479,18 +508,22 @@ async fn a_real_prometheus_finds_every_panel_and_rule_and_alerts_when_the_worker
                     "recording {name} ({query}) has no series"
                 );
             } else {
-                alert_names.extend(metric_names(query));
+                alert_selectors.extend(selectors(query));
             }
         }
         assert_eq!(evaluated, 18, "every rule of {RULES} loaded: {rules}");
-        for metric in &alert_names {
+        // An alert is quiet on a healthy stack, so its whole expression returns nothing; each
+        // series it reads must exist, its label values included (a typo or a rename would
+        // leave it quiet forever).
+        assert!(alert_selectors.len() > 15, "{alert_selectors:?}");
+        for selector in &alert_selectors {
             let result = prometheus
-                .query(&http, &format!("count({metric})"))
+                .query(&http, &format!("count({selector})"))
                 .await
                 .expect("count");
             assert!(
                 !result.is_empty(),
-                "an alert reads {metric}, which no target exports"
+                "an alert reads {selector}, which no target exports"
             );
         }
         let firing = prometheus.firing(&http).await;
