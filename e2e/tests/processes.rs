@@ -493,7 +493,7 @@ async fn sigterm_to_a_worker_finishes_commits_confirms_and_acks_its_batches() {
     stack.assert_guarantees(&tally).await;
 }
 
-/// What one order left behind in a front and a worker that export their spans over OTLP/HTTP.
+/// What one order left behind in a front and a worker that export their spans over OTLP.
 struct ExportedOrder {
     spans: Vec<otlp::ReceivedSpan>,
     front_log: String,
@@ -502,14 +502,17 @@ struct ExportedOrder {
 
 impl ExportedOrder {
     /// Runs one order, with a name and a phone the checks can look for, through a front and a
-    /// worker started with `settings` besides the export's; stops both with SIGTERM, which
-    /// flushes their exporters.
-    async fn run(settings: &[(&'static str, String)]) -> Self {
+    /// worker started with `settings` besides the export's over `protocol`; stops both with
+    /// SIGTERM, which flushes their exporters.
+    async fn run(protocol: otlp::Protocol, settings: &[(&'static str, String)]) -> Self {
         let receiver = otlp::Receiver::start().await;
         let stack = Stack::new().await;
         let otel = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                protocol.env_value().to_owned(),
+            ),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ];
         let env = [&otel[..], settings].concat();
@@ -551,8 +554,11 @@ impl ExportedOrder {
                 .expect("exit");
             assert!(exit.success(), "{}", service.log());
         }
+        let spans = receiver.spans();
+        let other = spans.iter().find(|span| span.protocol != protocol);
+        assert!(other.is_none(), "asked for {protocol:?}, got {other:#?}");
         Self {
-            spans: receiver.spans(),
+            spans,
             front_log: front.log(),
             worker_log: worker.log(),
         }
@@ -602,8 +608,9 @@ fn trace_ids(line: &serde_json::Value) -> Option<(&str, &str)> {
 
 #[tokio::test]
 async fn logs_quieted_to_warn_still_export_the_whole_order_trace() {
-    // The usual way to quiet logs during a sale must not switch tracing off.
-    let order = ExportedOrder::run(&[("RUST_LOG", "warn".to_owned())]).await;
+    // The usual way to quiet logs during a sale must not switch tracing off. Over gRPC, the
+    // protocol operators export with by default; the other test covers OTLP/HTTP.
+    let order = ExportedOrder::run(otlp::Protocol::Grpc, &[("RUST_LOG", "warn".to_owned())]).await;
     order.order_trace();
     // Nor do the probes and the scrape before it export traces of their own.
     let probes: Vec<_> = order
@@ -620,11 +627,14 @@ async fn logs_quieted_to_warn_still_export_the_whole_order_trace() {
 
 #[tokio::test]
 async fn both_services_export_one_trace_that_their_json_logs_name_and_no_personal_data_anywhere() {
-    let order = ExportedOrder::run(&[
-        // Every log line the services can write, for the personal-data check below.
-        ("RUST_LOG", "debug".to_owned()),
-        ("FINALPRICE_LOG__FORMAT", "json".to_owned()),
-    ])
+    let order = ExportedOrder::run(
+        otlp::Protocol::HttpProtobuf,
+        &[
+            // Every log line the services can write, for the personal-data check below.
+            ("RUST_LOG", "debug".to_owned()),
+            ("FINALPRICE_LOG__FORMAT", "json".to_owned()),
+        ],
+    )
     .await;
     let trace = order.order_trace();
     // Each span says which release made it; the workspace has one version.
