@@ -1039,3 +1039,36 @@ async fn a_front_started_with_an_ordinary_users_open_files_limit_raises_it_to_th
     assert_eq!(hard, our_hard, "the hard limit is inherited as it was");
     assert_eq!(soft, hard, "the soft limit is raised to the hard one");
 }
+
+/// What Kubernetes puts in every pod's environment for Services named `finalprice-front`,
+/// `finalprice-worker` and `finalprice` (`enableServiceLinks`, on by default).
+fn kubernetes_service_links() -> Vec<(&'static str, String)> {
+    [
+        ("FINALPRICE_FRONT_SERVICE_HOST", "10.96.0.12"),
+        ("FINALPRICE_FRONT_SERVICE_PORT", "8080"),
+        ("FINALPRICE_FRONT_SERVICE_PORT_HTTP", "8080"),
+        ("FINALPRICE_FRONT_PORT", "tcp://10.96.0.12:8080"),
+        ("FINALPRICE_FRONT_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("FINALPRICE_FRONT_PORT_8080_TCP_PROTO", "tcp"),
+        ("FINALPRICE_FRONT_PORT_8080_TCP_PORT", "8080"),
+        ("FINALPRICE_FRONT_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("FINALPRICE_WORKER_SERVICE_HOST", "10.96.0.14"),
+        ("FINALPRICE_WORKER_SERVICE_PORT_METRICS", "9091"),
+        ("FINALPRICE_WORKER_PORT_9091_TCP_ADDR", "10.96.0.14"),
+        ("FINALPRICE_SERVICE_HOST", "10.96.0.13"),
+        ("FINALPRICE_PORT", "tcp://10.96.0.13:80"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key, value.to_owned()))
+    .collect()
+}
+
+#[tokio::test]
+async fn both_services_start_beside_the_variables_of_kubernetes_service_links() {
+    let stack = Stack::new().await;
+    let links = kubernetes_service_links();
+    let _worker = stack.quiet_worker_with(&links).await;
+    let _front = stack.front_with(&links).await;
+    let tally = load::burst(stack.target(), 5, 5, 7_000_000_000).await;
+    assert_eq!(tally.accepted.len(), 5, "every order accepted");
+}

@@ -283,6 +283,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether `key` (a variable's name after `FINALPRICE_`) is one Kubernetes adds for a Service
+/// named `finalprice-…` (`FINALPRICE_FRONT_SERVICE_HOST`, `FINALPRICE_FRONT_PORT_8080_TCP_ADDR`,
+/// …) rather than a setting. Every setting is in a section (`HTTP__ADDR`), so a name without
+/// `__` never is one; any other such name is still refused, as a misspelt setting
+/// (`FINALPRICE_HTTP_ADDR`) must be.
+fn is_service_link(key: &str) -> bool {
+    static LINK: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)^(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)$",
+        )
+        .expect("a valid pattern")
+    });
+    !key.contains("__") && LINK.is_match(key)
+}
+
 impl Config {
     /// Loads the configuration from the defaults, the file named by `FINALPRICE_CONFIG_FILE`
     /// and the process environment.
@@ -303,6 +318,7 @@ impl Config {
             .merge(
                 Env::prefixed("FINALPRICE_")
                     .ignore(&["CONFIG_FILE"])
+                    .filter(|key| !is_service_link(key.as_str()))
                     .split("__"),
             )
     }
@@ -640,6 +656,38 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn kubernetes_service_links_are_not_settings_but_a_misspelt_setting_is_refused() {
+        // What Kubernetes adds to every pod for Services named finalprice-front and finalprice.
+        let links = [
+            ("FINALPRICE_FRONT_SERVICE_HOST", "10.96.0.12"),
+            ("FINALPRICE_FRONT_SERVICE_PORT", "8080"),
+            ("FINALPRICE_FRONT_SERVICE_PORT_HTTP", "8080"),
+            ("FINALPRICE_FRONT_PORT", "tcp://10.96.0.12:8080"),
+            ("FINALPRICE_FRONT_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+            ("FINALPRICE_FRONT_PORT_8080_TCP_PROTO", "tcp"),
+            ("FINALPRICE_FRONT_PORT_8080_TCP_PORT", "8080"),
+            ("FINALPRICE_FRONT_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            ("FINALPRICE_SERVICE_HOST", "10.96.0.13"),
+            ("FINALPRICE_PORT", "tcp://10.96.0.13:80"),
+        ];
+        figment::Jail::expect_with(|jail| {
+            for (key, value) in links {
+                jail.set_env(key, value);
+            }
+            jail.set_env("FINALPRICE_HTTP__ADDR", "0.0.0.0:8080");
+            let config = Config::from_figment(&Config::figment(None)).expect("starts");
+            assert_eq!(config.http.addr.to_string(), "0.0.0.0:8080");
+            jail.set_env("FINALPRICE_HTTP_ADDR", "0.0.0.0:9000");
+            let refused = Config::from_figment(&Config::figment(None)).expect_err("misspelt");
+            assert!(refused.to_string().contains("http_addr"), "{refused}");
+            Ok(())
+        });
+        assert!(!is_service_link("HTTP__SERVICE_HOST"));
+        assert!(!is_service_link("NATS_URL"));
     }
 
     #[test]
