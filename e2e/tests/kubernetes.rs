@@ -1,0 +1,172 @@
+//! deploy/kubernetes/ as `kubectl apply -k` would take it: the base and the production overlay
+//! render with kustomize, every resource passes the Kubernetes schemas of a current release
+//! (kubernetes-validate, strict: an unknown field fails), and what the schemas cannot say holds
+//! too: no pod gets Service-link variables, the stop fits the grace period, probes and
+//! resources are set, and KEDA scales the workers on the consumer the services use.
+
+use std::process::Command;
+
+use finalprice_testkit::{repository, tool};
+
+/// The Kubernetes release whose schemas the manifests are checked against.
+const KUBERNETES: &str = "1.37.0";
+
+fn render(dir: &str) -> String {
+    let output = Command::new(tool("kubectl").expect("kubectl (scripts/tools kubectl)"))
+        .args(["kustomize", dir])
+        .current_dir(repository())
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// The rendered documents, each with its kind and name.
+fn documents(rendered: &str) -> Vec<(String, String, String)> {
+    rendered
+        .split("\n---\n")
+        .map(|doc| {
+            let field = |key: &str| {
+                doc.lines()
+                    .find_map(|line| line.strip_prefix(key))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            (field("kind: "), field("  name: "), doc.to_owned())
+        })
+        .collect()
+}
+
+fn validate(dir: &str, rendered: &str) {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), rendered).expect("rendered manifests");
+    let output = Command::new(
+        tool("kubernetes-validate").expect("kubernetes-validate (scripts/tools kubernetes-validate)"),
+    )
+    .args(["--strict", "--kubernetes-version", KUBERNETES])
+    .arg(file.path())
+    .output()
+    .expect("kubernetes-validate runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{dir}:\n{said}");
+    // Every resource of a built-in kind was checked; only KEDA's has no schema there.
+    for (kind, name, _) in documents(rendered) {
+        let checked = said
+            .lines()
+            .any(|line| line.contains("passed") && line.contains(&format!("/{name} ")));
+        assert!(
+            checked || kind == "ScaledObject",
+            "{dir}: {kind} {name} was not validated:\n{said}"
+        );
+    }
+}
+
+#[test]
+fn the_base_and_the_production_overlay_render_and_pass_the_kubernetes_schemas() {
+    for dir in [
+        "deploy/kubernetes/base",
+        "deploy/kubernetes/overlays/production",
+    ] {
+        let rendered = render(dir);
+        assert!(documents(&rendered).len() >= 8, "{dir}:\n{rendered}");
+        validate(dir, &rendered);
+    }
+}
+
+/// The number after `key` in `doc`.
+fn number(doc: &str, key: &str) -> u64 {
+    doc.lines()
+        .find_map(|line| line.trim().strip_prefix(key))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in:\n{doc}"))
+}
+
+#[test]
+fn every_pod_is_locked_down_and_stops_within_its_grace_period() {
+    let rendered = render("deploy/kubernetes/overlays/production");
+    let documents = documents(&rendered);
+    let pods: Vec<_> = documents
+        .iter()
+        .filter(|(kind, _, _)| kind == "Deployment" || kind == "Job")
+        .collect();
+    assert_eq!(pods.len(), 3, "front, worker, migration");
+    for (kind, name, doc) in &pods {
+        // A Service named finalprice-… would otherwise put FINALPRICE_… variables in the pod.
+        assert!(doc.contains("enableServiceLinks: false"), "{kind} {name}");
+        for needed in [
+            "runAsNonRoot: true",
+            "readOnlyRootFilesystem: true",
+            "allowPrivilegeEscalation: false",
+            "requests:",
+            "limits:",
+            "_FILE",
+        ] {
+            assert!(doc.contains(needed), "{kind} {name} lacks {needed}");
+        }
+        assert!(
+            !doc.contains("PASSWORD\n") && !doc.contains("password: "),
+            "{kind} {name}: secrets come from Secrets as files"
+        );
+    }
+    let pod = |name: &str| {
+        &pods
+            .iter()
+            .find(|(_, pod, _)| pod == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .2
+    };
+    // The defaults in shared/config.default.toml: the front's http.shutdown_grace (20 s) after
+    // its preStop pause, the worker's 25 s of batches plus ~5 s of pull and ~7 s of hand-over.
+    let defaults = include_str!("../../shared/config.default.toml");
+    assert!(defaults.contains("shutdown_grace = \"20s\""));
+    assert!(defaults.contains("shutdown_grace = \"25s\""));
+    let front = pod("finalprice-front");
+    let pre_stop = number(front, "seconds:");
+    assert!(number(front, "terminationGracePeriodSeconds:") >= pre_stop + 20 + 2);
+    for probe in ["readinessProbe:", "livenessProbe:", "path: /readyz", "path: /healthz"] {
+        assert!(front.contains(probe), "front lacks {probe}");
+    }
+    assert!(front.contains("FINALPRICE_HTTP__ADMIN_ADDR"));
+    let worker = pod("finalprice-worker");
+    assert!(number(worker, "terminationGracePeriodSeconds:") >= 25 + 5 + 7);
+    assert!(pod("finalprice-migrate").contains("- migrate"));
+}
+
+#[test]
+fn keda_scales_the_workers_on_the_consumer_the_services_define() {
+    let rendered = render("deploy/kubernetes/overlays/production");
+    let scaled = documents(&rendered)
+        .into_iter()
+        .find(|(kind, _, _)| kind == "ScaledObject")
+        .expect("a ScaledObject")
+        .2;
+    let consumer: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repository().join("nats/consumer-workers.json"))
+            .expect("consumer definition"),
+    )
+    .expect("JSON");
+    let stream: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repository().join("nats/stream-orders.json"))
+            .expect("stream definition"),
+    )
+    .expect("JSON");
+    let durable = consumer["durable_name"]
+        .as_str()
+        .or(consumer["name"].as_str())
+        .expect("the consumer's name");
+    let stream = stream["name"].as_str().expect("the stream's name");
+    assert!(scaled.contains("type: nats-jetstream"), "{scaled}");
+    assert!(scaled.contains(&format!("consumer: {durable}")), "{scaled}");
+    assert!(scaled.contains(&format!("stream: {stream}")), "{scaled}");
+    assert!(scaled.contains("name: finalprice-worker"), "{scaled}");
+    assert!(number(&scaled, "minReplicaCount:") >= 1);
+}
