@@ -142,6 +142,10 @@ fn preflight_for_the_tests_off_debian_names_each_package_and_installs_nothing() 
         stderr.contains("Prometheus: ") && stderr.contains("prometheus and promtool"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("kubectl: ") && stderr.contains("kubectl kustomize"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Node.js with npm: "), "{stderr}");
     assert!(
         stderr.contains("PostgreSQL: ") && stderr.contains("TEST_POSTGRES_URL="),
