@@ -46,7 +46,8 @@ fn validate(dir: &str, rendered: &str) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), rendered).expect("rendered manifests");
     let output = Command::new(
-        tool("kubernetes-validate").expect("kubernetes-validate (scripts/tools kubernetes-validate)"),
+        tool("kubernetes-validate")
+            .expect("kubernetes-validate (scripts/tools kubernetes-validate)"),
     )
     .args(["--strict", "--kubernetes-version", KUBERNETES])
     .arg(file.path())
@@ -132,7 +133,12 @@ fn every_pod_is_locked_down_and_stops_within_its_grace_period() {
     let front = pod("finalprice-front");
     let pre_stop = number(front, "seconds:");
     assert!(number(front, "terminationGracePeriodSeconds:") >= pre_stop + 20 + 2);
-    for probe in ["readinessProbe:", "livenessProbe:", "path: /readyz", "path: /healthz"] {
+    for probe in [
+        "readinessProbe:",
+        "livenessProbe:",
+        "path: /readyz",
+        "path: /healthz",
+    ] {
         assert!(front.contains(probe), "front lacks {probe}");
     }
     assert!(front.contains("FINALPRICE_HTTP__ADMIN_ADDR"));
