@@ -7,7 +7,7 @@
 //! its delete, and at R3 the replication of each), so the per-order cost falls with the burst.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap};
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::inbox::Waiter;
 use crate::metrics::PublishFailure;
-use crate::queue::Publisher;
+use crate::queue::{Message, Publisher, Unacked};
 
 /// How often the front asks which workers run, to learn whether all of them read envelopes.
 const WORKER_CHECK: Duration = Duration::from_secs(5);
@@ -61,6 +61,15 @@ pub struct Acked {
     pub duplicate: bool,
 }
 
+/// Where an order is between its request and nats-server: the request and the message that
+/// carries it race for it, so that a request that stops waiting can say "not taken" only if
+/// no message will carry it.
+const WAITING: u8 = 0;
+/// Put into a message that is being handed to nats-server.
+const HANDED_OVER: u8 = 1;
+/// Its request stopped waiting first: no message carries it.
+const LEFT_OUT: u8 = 2;
+
 /// One order handed to the gatherer by its request.
 struct Item {
     id: Uuid,
@@ -74,12 +83,25 @@ struct Item {
     /// The end of this order's publish bound, counted from when its request handed it over:
     /// the time it waits here for a slot is part of it.
     deadline: Instant,
-    done: oneshot::Sender<Result<Acked, PublishFailure>>,
+    /// [`WAITING`], [`HANDED_OVER`] or [`LEFT_OUT`].
+    state: Arc<AtomicU8>,
+    done: oneshot::Sender<Result<Acked, Unacked>>,
 }
 
 impl Item {
     fn size(&self) -> usize {
         self.order.len() + ENTRY_OVERHEAD
+    }
+
+    /// Takes the order into the message being made, unless its request stopped waiting.
+    fn hand_over(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, HANDED_OVER, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn handed_over(&self) -> bool {
+        self.state.load(Ordering::Acquire) == HANDED_OVER
     }
 }
 
@@ -168,8 +190,9 @@ impl Envelopes {
         order: Bytes,
         waiter: &Waiter,
         traceparent: Option<String>,
-    ) -> Result<Acked, PublishFailure> {
+    ) -> Result<Acked, Unacked> {
         let (done, acked) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
         let item = Item {
             id,
             order,
@@ -177,20 +200,34 @@ impl Envelopes {
             token: waiter.token(),
             traceparent,
             deadline: Instant::now() + self.bound,
+            state: Arc::clone(&state),
             done,
         };
         let deadline = item.deadline;
         // The gatherer stops only with the runtime.
+        let stopped = |failure| Unacked {
+            failure,
+            maybe_stored: false,
+        };
         self.items
             .send(item)
-            .map_err(|_| PublishFailure::Disconnected)?;
+            .map_err(|_| stopped(PublishFailure::Disconnected))?;
         // Each order keeps its own bound, whatever the envelope it went into still tries.
         match tokio::time::timeout_at(deadline, acked).await {
-            Ok(acked) => acked.unwrap_or(Err(PublishFailure::Disconnected)),
+            Ok(Ok(acked)) => acked,
+            // Left out by the gatherer (its bound ran out before a slot freed).
+            Ok(Err(_)) => Err(stopped(PublishFailure::Disconnected)),
             Err(_) => {
                 let failure = self.publisher.failure_now();
                 self.publisher.gave_up(failure, 1);
-                Err(failure)
+                // Either no message will ever carry it, or one is on its way and may be stored.
+                let left_out = state
+                    .compare_exchange(WAITING, LEFT_OUT, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                Err(Unacked {
+                    failure,
+                    maybe_stored: !left_out,
+                })
             }
         }
     }
@@ -275,12 +312,6 @@ async fn send(
     items: Vec<Item>,
     slot: Option<OwnedSemaphorePermit>,
 ) {
-    let alone = items.len() == 1;
-    let (subject, headers, payload) = if alone {
-        single(&items[0])
-    } else {
-        envelope(&inbox, &items)
-    };
     // Tried for as long as any of its orders still waits: an order near its bound must not cut
     // short the newer ones beside it (each request gives up at its own bound, see `publish`).
     let deadline = items
@@ -288,18 +319,18 @@ async fn send(
         .map(|item| item.deadline)
         .max()
         .unwrap_or_else(Instant::now);
-    let acked = publisher
-        .publish(subject, headers, payload, items.len(), deadline)
-        .await
-        .map(|ack| Acked {
-            sequence: ack.sequence,
-            duplicate: alone && ack.duplicate,
-        });
+    let make = || message(&inbox, &items);
+    let acked = publisher.publish(items.len(), deadline, make).await;
+    let alone = items.iter().filter(|item| item.handed_over()).count() == 1;
+    let acked = acked.map(|ack| Acked {
+        sequence: ack.sequence,
+        duplicate: alone && ack.duplicate,
+    });
     drop(slot);
-    if let Err(failure) = acked {
+    if let Err(unacked) = acked {
         // Those whose requests gave up at their own bound counted themselves.
         let waiting = items.iter().filter(|item| !item.done.is_closed()).count();
-        publisher.gave_up(failure, waiting);
+        publisher.gave_up(unacked.failure, waiting);
     }
     for item in items {
         // The request may have stopped waiting; its order is stored all the same.
@@ -307,9 +338,20 @@ async fn send(
     }
 }
 
+/// The message for the orders of `items` whose requests still wait: alone if one, else an
+/// envelope; `None` if none does.
+fn message(inbox: &str, items: &[Item]) -> Option<Message> {
+    let carried: Vec<&Item> = items.iter().filter(|item| item.hand_over()).collect();
+    match carried.as_slice() {
+        [] => None,
+        [item] => Some(single(item)),
+        several => Some(envelope(inbox, several)),
+    }
+}
+
 /// An order alone: the message every front sent before envelopes, so any worker reads it,
 /// and the stream's duplicate window keys it by the order's own id.
-fn single(item: &Item) -> (String, HeaderMap, Bytes) {
+fn single(item: &Item) -> Message {
     let mut headers = HeaderMap::new();
     let mut id = Uuid::encode_buffer();
     headers.insert(
@@ -328,8 +370,8 @@ fn single(item: &Item) -> (String, HeaderMap, Bytes) {
 /// Several orders as one message: a key of its own (the same on every try), the inbox once,
 /// each order with its waiter's token and trace context. Its subject names its first order,
 /// so that order is still found by subject like an order alone.
-fn envelope(inbox: &str, items: &[Item]) -> (String, HeaderMap, Bytes) {
-    let bytes: usize = items.iter().map(Item::size).sum();
+fn envelope(inbox: &str, items: &[&Item]) -> Message {
+    let bytes: usize = items.iter().map(|item| item.size()).sum();
     let mut builder = EnvelopeBuilder::with_capacity(bytes);
     for item in items {
         builder.push(&item.order, item.token, item.traceparent.as_deref());
@@ -352,7 +394,7 @@ mod tests {
 
     use super::*;
 
-    fn item(token: u64) -> (Item, oneshot::Receiver<Result<Acked, PublishFailure>>) {
+    fn item(token: u64) -> (Item, oneshot::Receiver<Result<Acked, Unacked>>) {
         let order = NewOrder {
             id: Uuid::now_v7(),
             name: CustomerName::parse("Анна").expect("valid"),
@@ -367,6 +409,7 @@ mod tests {
             token,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             deadline: Instant::now(),
+            state: Arc::new(AtomicU8::new(WAITING)),
             done,
         };
         (item, receiver)
@@ -375,7 +418,8 @@ mod tests {
     #[test]
     fn an_envelope_carries_each_order_with_its_token_and_trace() {
         let items: Vec<Item> = (1..=3).map(|token| item(token).0).collect();
-        let (subject, headers, payload) = envelope("_INBOX.front", &items);
+        let carried: Vec<&Item> = items.iter().collect();
+        let (subject, headers, payload) = envelope("_INBOX.front", &carried);
         assert_eq!(subject, order_subject(items[0].id));
         assert_eq!(
             headers.get(REPLY_TO_HEADER).map(|v| v.as_str()),

@@ -36,6 +36,11 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     )
 }
 
+/// Plain text made at run time.
+pub fn text_owned(status: StatusCode, body: String) -> Response<Body> {
+    with_type(status, "text/plain; charset=utf-8", body.into())
+}
+
 /// POST → 303 → GET: a reload of the result page never resubmits the order.
 pub fn see_other(location: &str) -> Response<Body> {
     let mut response = Response::new(Body::default());
@@ -81,13 +86,16 @@ pub fn query_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
     })
 }
 
-/// Whether the client asked for JSON rather than a page.
+/// Whether the client asked for JSON rather than a page: `application/json`, or the problem
+/// documents errors come in (`application/problem+json`).
 pub fn wants_json(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .any(|accept| accept.contains("application/json"))
+        .any(|accept| {
+            accept.contains("application/json") || accept.contains("application/problem+json")
+        })
 }
 
 /// Headers every response carries: no inline script may run, no framing, no sniffing.

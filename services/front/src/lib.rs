@@ -17,6 +17,7 @@
 //! - `metrics`: the Prometheus metrics behind `/metrics`.
 //! - `pages`, `i18n`: the pages from `ui/templates`, in the shopper's language (`ui/locales`).
 //! - `http`: response helpers.
+//! - `problem`: every error's status, `Retry-After` and RFC 9457 body for JSON clients.
 //!
 //! Only [`form`] and the items linked above are public: the binary, the benchmarks and the
 //! API tests use nothing else.
@@ -30,6 +31,7 @@ pub(crate) mod inbox;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod pages;
+pub(crate) mod problem;
 pub(crate) mod queue;
 pub(crate) mod routes;
 pub(crate) mod startup;

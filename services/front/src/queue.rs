@@ -60,13 +60,30 @@ enum Confirmed {
     Pending,
 }
 
+/// A message that got no PubAck: why (the metric label), and whether it may be stored all the
+/// same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unacked {
+    /// The last try's failure.
+    pub failure: PublishFailure,
+    /// A try went out to a connection that looked alive and was not refused: nats-server may
+    /// have stored it and only its PubAck was lost (a hung server, a timeout, a broken pipe).
+    /// `false` only when no try can have been stored: nothing was handed to the client, or the
+    /// server said no.
+    pub maybe_stored: bool,
+}
+
 /// Why a submission did not end in the queue or was refused; each variant is one reaction.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// No PubAck: NATS down, stream missing or full, publish timed out. Nothing is durable;
-    /// the shopper should try again (503).
+    /// No PubAck, and no try can have been stored: NATS down, stream missing or full. Nothing
+    /// is durable; the shopper should try again (503, "not taken").
     #[error("the order queue is unavailable ({0:?})")]
     Unavailable(PublishFailure),
+    /// No PubAck, but the order may be stored all the same: only a retry with the same key
+    /// (the same order) or a status lookup can tell (503, "outcome unknown").
+    #[error("the order queue did not confirm the order in time ({0:?})")]
+    OutcomeUnknown(PublishFailure),
     /// A worker will never write this order (500-class: not saved).
     #[error("the order was rejected by a worker: {reason}")]
     Rejected { reason: String },
@@ -220,7 +237,13 @@ impl OrderQueue {
             .publish(order.id, messages::encode(order), &waiter, traceparent)
             .instrument(publish_span)
             .await
-            .map_err(SubmitError::Unavailable)?;
+            .map_err(|unacked| {
+                if unacked.maybe_stored {
+                    SubmitError::OutcomeUnknown(unacked.failure)
+                } else {
+                    SubmitError::Unavailable(unacked.failure)
+                }
+            })?;
 
         let waiting_since = Instant::now();
         let deadline = waiting_since + self.timeouts.reply;
@@ -492,40 +515,64 @@ impl Publisher {
     /// unavailable", no answer; a connection lost) is made again with the same headers, so
     /// the same `Nats-Msg-Id`: a try whose PubAck was lost but which was stored is not stored
     /// again. Retries are counted per message; the caller counts failures per order.
+    ///
+    /// `message` is made at the first hand-over, once the client is connected (`None`: nothing
+    /// is left to send), so that an order whose request stopped waiting before then is left
+    /// out rather than stored after its shopper was told it was not taken.
     pub async fn publish(
         &self,
-        subject: String,
-        headers: HeaderMap,
-        payload: Bytes,
         orders: usize,
         deadline: Instant,
-    ) -> Result<PublishAck, PublishFailure> {
+        message: impl FnOnce() -> Option<Message> + Send,
+    ) -> Result<PublishAck, Unacked> {
         let mut pause = FIRST_PUBLISH_RETRY;
         self.metrics.published(orders);
+        let mut message = Some(message);
+        let mut made: Option<Message> = None;
+        let mut maybe_stored = false;
         loop {
+            let mut handed_over = false;
             let attempt = async {
                 // While nats-server is away the client queues what it is given and sends it
                 // after the reconnect: an order answered 503 ("not taken, try again") would
                 // then be stored after all, and once the queue is full every send waits for
                 // the server. So nothing is handed over until the client is connected; a
                 // reconnect within the bound costs a wait, not a refusal. (A connection lost
-                // just after this look can still carry the order out later; a retry with the
-                // same key is the same order.)
+                // just after this look can still carry the order out later: such a try counts
+                // as maybe stored.)
                 until_connected(&self.client).await;
-                self.js
-                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                    .await?
-                    .await
+                if made.is_none() {
+                    made = message.take().and_then(|make| make());
+                }
+                let (subject, headers, payload) = made.clone()?;
+                handed_over = true;
+                let sent = self
+                    .js
+                    .publish_with_headers(subject, headers, payload)
+                    .await;
+                Some(match sent {
+                    Ok(ack) => ack.await,
+                    Err(error) => Err(error),
+                })
             };
             // The first await may wait for an in-flight permit with no bound of its own.
-            let failure = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(ack)) => return Ok(ack),
-                Ok(Err(error)) => publish_failure(&error),
-                Err(_) if !self.connected() => PublishFailure::Disconnected,
-                Err(_) => PublishFailure::NoAck,
+            let outcome = tokio::time::timeout_at(deadline, attempt).await;
+            let (failure, this_try) = match outcome {
+                Ok(Some(Ok(ack))) => return Ok(ack),
+                Ok(Some(Err(error))) => (publish_failure(&error), may_be_stored(&error)),
+                // Every order of the message stopped waiting before it was made.
+                Ok(None) => (self.failure_now(), false),
+                Err(_) if !self.connected() => (PublishFailure::Disconnected, handed_over),
+                Err(_) => (PublishFailure::NoAck, handed_over),
             };
-            if !passes(failure) || Instant::now() + pause >= deadline {
-                return Err(failure);
+            // An earlier try may be stored whatever the later ones met.
+            maybe_stored |= this_try;
+            let nothing_left = message.is_none() && made.is_none();
+            if nothing_left || !passes(failure) || Instant::now() + pause >= deadline {
+                return Err(Unacked {
+                    failure,
+                    maybe_stored,
+                });
             }
             tracing::debug!(?failure, ?pause, orders, "publish failed; trying again");
             self.metrics.publish_retried(failure);
@@ -535,11 +582,17 @@ impl Publisher {
     }
 }
 
+/// A JetStream message: subject, headers, payload.
+pub type Message = (String, HeaderMap, Bytes);
+
 /// JetStream API error codes that mean "not now" rather than "no": the cluster has no
 /// meta leader (10008), this server cannot serve the request yet (10009), or a message with
 /// this `Nats-Msg-Id` is still being stored (10158: an earlier try that timed out in an
 /// election; tried again, it is answered as a duplicate once stored).
-const PASSING_API_ERRORS: [u64; 3] = [10008, 10009, 10158];
+const PASSING_API_ERRORS: [u64; 3] = [10008, 10009, STILL_BEING_STORED];
+
+/// "A message with this `Nats-Msg-Id` is still being stored".
+const STILL_BEING_STORED: u64 = 10158;
 
 /// Each way a publish can fail, as a metric label (every kind maps to 503 alike).
 fn publish_failure(error: &PublishError) -> PublishFailure {
@@ -561,6 +614,26 @@ fn publish_failure(error: &PublishError) -> PublishFailure {
         }
         // The server refused: with `discard: new`, a full stream ends here.
         PublishErrorKind::Other => PublishFailure::Refused,
+    }
+}
+
+/// Whether a try that failed with `error` may be stored all the same. No: refused before it
+/// was sent (too large, too many PubAcks pending) or by the server (no stream answered, the
+/// stream full, an expectation not met, no leader). Yes: no answer in time (the request may
+/// have reached a hung server, or waited in the client), a broken pipe after the send, "a
+/// message with this id is still being stored" (10158: an earlier copy is), and anything the
+/// client reports without a server's error code.
+fn may_be_stored(error: &PublishError) -> bool {
+    match error.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => true,
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::MaxPayloadExceeded
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence => false,
+        PublishErrorKind::Other => std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .is_none_or(|api| api.error_code().0 == STILL_BEING_STORED),
     }
 }
 
@@ -617,6 +690,27 @@ mod tests {
         ] {
             let failure = publish_failure(&PublishError::new(kind));
             assert_eq!(passes(failure), expected, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_try_the_server_refused_or_never_got_is_surely_not_stored() {
+        // Refused by the server: no leader, not ready, the stream full.
+        for code in [10008, 10009, 10077] {
+            assert!(!may_be_stored(&refused_with(code)), "{code}");
+        }
+        // "Still being stored": an earlier copy is.
+        assert!(may_be_stored(&refused_with(10158)));
+        for (kind, maybe) in [
+            (PublishErrorKind::TimedOut, true),
+            (PublishErrorKind::BrokenPipe, true),
+            (PublishErrorKind::Other, true),
+            (PublishErrorKind::StreamNotFound, false),
+            (PublishErrorKind::MaxAckPending, false),
+            (PublishErrorKind::MaxPayloadExceeded, false),
+            (PublishErrorKind::WrongLastMessageId, false),
+        ] {
+            assert_eq!(may_be_stored(&PublishError::new(kind)), maybe, "{kind:?}");
         }
     }
 }

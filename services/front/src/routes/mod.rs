@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use finalprice_shared::config::HttpConfig;
 use finalprice_shared::domain::Country;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::header;
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -23,6 +23,7 @@ use crate::i18n::{Choice, Locales};
 use crate::limits::ClientLimiter;
 use crate::metrics::{FrontMetrics, Route};
 use crate::pages::{self, Frame, MessagePage};
+use crate::problem::Problem;
 use crate::queue::OrderQueue;
 
 /// What every request handler may use; shared by all connections.
@@ -120,6 +121,7 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let read = method == Method::GET || method == Method::HEAD;
+    let json = resp::wants_json(request.headers());
 
     // Probes stay answerable when the front is saturated.
     match (read, path.as_str()) {
@@ -147,15 +149,15 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
             Box::pin(orders::show(state, &path["/orders/".len()..], &request)).await
         }
         (true, _, path) if path.starts_with("/static/") => {
-            static_files::serve(&path["/static/".len()..])
+            static_files::serve(&path["/static/".len()..], json)
         }
-        (_, _, "/" | "/healthz" | "/readyz") => not_allowed("GET, HEAD"),
-        (_, _, "/metrics") if state.serves_metrics() => not_allowed("GET, HEAD"),
-        (_, _, "/orders") => not_allowed("POST"),
+        (_, _, "/" | "/healthz" | "/readyz") => not_allowed("GET, HEAD", json),
+        (_, _, "/metrics") if state.serves_metrics() => not_allowed("GET, HEAD", json),
+        (_, _, "/orders") => not_allowed("POST", json),
         (_, _, path) if path.starts_with("/orders/") || path.starts_with("/static/") => {
-            not_allowed("GET, HEAD")
+            not_allowed("GET, HEAD", json)
         }
-        _ => {
+        _ => Problem::NotFound.respond(json, |status| {
             let choice = Choice::of_request(&request);
             let t = state.locales.get(choice.lang);
             let frame = Frame::new(&state.locales, choice, "/");
@@ -165,33 +167,26 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
                 &t.page.not_found_message,
                 &t.page.back,
             );
-            resp::html(StatusCode::NOT_FOUND, pages::render(&page))
-        }
+            resp::html(status, pages::render(&page))
+        }),
     }
 }
 
 fn busy(state: &AppState, request: &Request<Incoming>) -> Response<Body> {
     let seconds = state.retry_after_secs();
-    let response = if resp::wants_json(request.headers()) {
-        resp::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "error": "busy" }),
-        )
-    } else {
+    let problem = Problem::Busy {
+        retry_after: seconds,
+    };
+    problem.respond(resp::wants_json(request.headers()), |status| {
         let choice = Choice::of_request(request);
         let t = state.locales.get(choice.lang);
         let message = t.busy_message(seconds);
         let frame = Frame::new(&state.locales, choice, "/");
         let page = MessagePage::plain(frame, &t.page.busy_title, &message, &t.page.back);
-        resp::html(StatusCode::SERVICE_UNAVAILABLE, pages::render(&page))
-    };
-    resp::retry_after(response, seconds)
+        resp::html(status, pages::render(&page))
+    })
 }
 
-fn not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = resp::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
+fn not_allowed(allow: &'static str, json: bool) -> Response<Body> {
+    Problem::MethodNotAllowed { allow }.response(json)
 }

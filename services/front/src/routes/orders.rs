@@ -11,7 +11,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
@@ -20,6 +19,7 @@ use crate::http::{self as resp, Body};
 use crate::i18n::Texts;
 use crate::i18n::{Choice, Lang};
 use crate::pages::{self, Focus, FormPage, Frame, Link, MessagePage};
+use crate::problem::Problem;
 use crate::queue::{StatusError, SubmitError, Submitted};
 
 /// Why a submission got no order: each variant is one answer.
@@ -39,8 +39,9 @@ enum CreateError {
     RateLimited { retry_after: Duration },
     #[error("busy")]
     Busy,
-    #[error(transparent)]
-    Submit(#[from] SubmitError),
+    /// What the queue said of order `id`: the answer names it.
+    #[error("order {id}: {error}")]
+    Submit { id: Uuid, error: SubmitError },
 }
 
 /// What a JSON client is told about one order, by `POST /orders` and `GET /orders/{id}`.
@@ -69,21 +70,29 @@ enum Encoding {
 
 pub async fn create(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
     let json = resp::wants_json(request.headers());
+    let json_errors = json_errors(request.headers());
     let browser_lang = Lang::from_accept_language(request.headers());
     let mut form = OrderForm::default();
     let result = create_order(state, peer, request, &mut form).await;
     let choice = Choice::pick(form.lang.as_deref(), browser_lang);
     match result {
         Ok((id, outcome)) => created(id, outcome, json, choice),
-        Err(error) => create_failed(state, &error, &form, json, choice),
+        Err(error) => create_failed(state, &error, &form, json_errors, choice),
     }
+}
+
+/// Whether a failed `POST /orders` is answered in JSON: asked for, or the order came as JSON
+/// (a form page is no use to a client that sends JSON). Successes follow `Accept` alone, as
+/// DESIGN.md says.
+fn json_errors(headers: &HeaderMap) -> bool {
+    resp::wants_json(headers) || encoding(headers) == Some(Encoding::Json)
 }
 
 /// `POST /orders` when the front is at its in-flight bound: the form comes back at once with
 /// the shopper's input and a 503, without touching NATS. The body is read (bounded as always):
 /// a few hundred bytes already in the socket cost less than losing what the shopper typed.
 pub async fn busy(state: &AppState, request: Request<Incoming>) -> Response<Body> {
-    let json = resp::wants_json(request.headers());
+    let json = json_errors(request.headers());
     let browser_lang = Lang::from_accept_language(request.headers());
     let mut form = OrderForm::default();
     if !json
@@ -120,7 +129,14 @@ async fn create_order(
         return Err(CreateError::RateLimited { retry_after });
     }
     let order = form.parse(state.country).map_err(CreateError::Invalid)?;
-    let outcome = state.queue.submit(&order).await?;
+    let outcome = state
+        .queue
+        .submit(&order)
+        .await
+        .map_err(|error| CreateError::Submit {
+            id: order.id,
+            error,
+        })?;
     tracing::debug!(order_id = %order.id, outcome = ?outcome, "order submitted");
     Ok((order.id, outcome))
 }
@@ -193,43 +209,58 @@ fn create_failed(
     json: bool,
     choice: Choice,
 ) -> Response<Body> {
-    let status = match error {
-        CreateError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        CreateError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        CreateError::Timeout => StatusCode::REQUEST_TIMEOUT,
-        CreateError::Malformed => StatusCode::BAD_REQUEST,
-        CreateError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        CreateError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        CreateError::Busy | CreateError::Submit(SubmitError::Unavailable(_)) => {
-            StatusCode::SERVICE_UNAVAILABLE
+    if let CreateError::Submit { id, error } = error {
+        match error {
+            SubmitError::OutcomeUnknown(_) => {
+                tracing::warn!(%error, order_id = %id, "order outcome unknown");
+            }
+            _ => tracing::warn!(%error, order_id = %id, "order not taken"),
         }
-        CreateError::Submit(SubmitError::Rejected { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    if let CreateError::Submit(error) = error {
-        tracing::warn!(%error, "order not taken");
     }
-    let retry_after = match error {
-        CreateError::RateLimited { retry_after } => {
-            Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+    let t = state.locales.get(choice.lang);
+    // The key it came with, unless tampered with.
+    let kept_key = form.parsed_key().ok().flatten();
+    if let CreateError::Invalid(errors) = error {
+        // The one error body DESIGN.md fixes, and the one page with field errors.
+        let status = StatusCode::UNPROCESSABLE_ENTITY;
+        if json {
+            return resp::json(status, &errors.to_json(state.locales.get(Lang::En)));
         }
-        _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(state.retry_after_secs()),
-        _ => None,
+        let notice = t.form.fix_fields.clone();
+        return form_again(state, status, form, errors, notice, choice, kept_key);
+    }
+    let retry_after = state.retry_after_secs();
+    let problem = match *error {
+        CreateError::UnsupportedMediaType => Problem::UnsupportedMediaType,
+        CreateError::PayloadTooLarge => Problem::PayloadTooLarge,
+        CreateError::Timeout => Problem::RequestTimeout,
+        // (`Invalid` was answered above.)
+        CreateError::Malformed | CreateError::Invalid(_) => Problem::Malformed,
+        CreateError::RateLimited { retry_after } => Problem::RateLimited {
+            retry_after: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        },
+        CreateError::Busy => Problem::Busy { retry_after },
+        CreateError::Submit { id, ref error } => match error {
+            SubmitError::Unavailable(_) => Problem::QueueUnavailable { id, retry_after },
+            SubmitError::OutcomeUnknown(_) => Problem::OutcomeUnknown { id, retry_after },
+            SubmitError::Rejected { .. } => Problem::Rejected { id },
+        },
     };
-    let response = if json {
-        let body = match error {
-            CreateError::Invalid(errors) => errors.to_json(state.locales.get(Lang::En)),
-            CreateError::Submit(SubmitError::Rejected { .. }) => json!({ "status": "rejected" }),
-            other => json!({ "error": other.to_string() }),
-        };
-        resp::json(status, &body)
-    } else {
-        let t = state.locales.get(choice.lang);
-        let seconds = retry_after.unwrap_or(1);
-        let (errors, notice) = match error {
-            CreateError::UnsupportedMediaType
-            | CreateError::PayloadTooLarge
-            | CreateError::Timeout
-            | CreateError::Malformed => {
+    problem.respond(json, |status| {
+        let seconds = problem.retry_after().unwrap_or(1);
+        let none = &FieldErrors::default();
+        // A resubmission of an order that reached the queue, or may have, is the same order:
+        // its id is the form's key, the one it came with or the one made for it. A rejected
+        // order's id is spent (dead-lettered, and remembered by the stream's duplicate window):
+        // pressing "Order" again must be a new order, so a new key.
+        let (notice, key) = match problem {
+            Problem::RateLimited { .. } => (t.form_rate_limited(seconds), kept_key),
+            Problem::Busy { .. } => (t.form_busy(seconds), kept_key),
+            Problem::QueueUnavailable { id, .. } | Problem::OutcomeUnknown { id, .. } => {
+                (t.form_busy(seconds), Some(id))
+            }
+            Problem::Rejected { .. } => (t.form.not_saved.clone(), None),
+            _ => {
                 let page = MessagePage::plain(
                     Frame::new(&state.locales, choice, "/"),
                     &t.page.bad_request_title,
@@ -238,30 +269,13 @@ fn create_failed(
                 );
                 return resp::html(status, pages::render(&page));
             }
-            CreateError::Invalid(errors) => (errors, t.form.fix_fields.clone()),
-            CreateError::RateLimited { .. } => {
-                (&FieldErrors::default(), t.form_rate_limited(seconds))
-            }
-            CreateError::Busy | CreateError::Submit(SubmitError::Unavailable(_)) => {
-                (&FieldErrors::default(), t.form_busy(seconds))
-            }
-            CreateError::Submit(SubmitError::Rejected { .. }) => {
-                (&FieldErrors::default(), t.form.not_saved.clone())
-            }
         };
-        // A rejected order's id is spent (dead-lettered, and remembered by the stream's
-        // duplicate window): pressing "Order" again must be a new order, so a new key.
-        let rejected = matches!(error, CreateError::Submit(SubmitError::Rejected { .. }));
-        form_again(state, status, form, errors, notice, choice, !rejected)
-    };
-    match retry_after {
-        Some(seconds) => resp::retry_after(response, seconds),
-        None => response,
-    }
+        form_again(state, status, form, none, notice, choice, key)
+    })
 }
 
-/// The form again with the shopper's input. With `keep_key`, a resubmission (after a 503, say)
-/// is the same order; a tampered key is replaced either way.
+/// The form again with the shopper's input, and `key` as its key (a fresh one if `None`), so
+/// that a resubmission (after a 503, say) is the same order.
 fn form_again(
     state: &AppState,
     status: StatusCode,
@@ -269,14 +283,10 @@ fn form_again(
     errors: &FieldErrors,
     notice: String,
     choice: Choice,
-    keep_key: bool,
+    key: Option<Uuid>,
 ) -> Response<Body> {
     let t = state.locales.get(choice.lang);
-    let key = match form.parsed_key() {
-        Ok(Some(key)) if keep_key => key,
-        _ => Uuid::now_v7(),
-    }
-    .to_string();
+    let key = key.unwrap_or_else(Uuid::now_v7).to_string();
     let focus = if errors.name.is_some() {
         Focus::Name
     } else if errors.phone.is_some() {
@@ -359,12 +369,11 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
                 tracing::warn!(%error, order_id = %id, "order status unavailable");
             }
             let seconds = state.retry_after_secs();
-            let response = if json {
-                resp::json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({ "id": id, "error": "status unavailable" }),
-                )
-            } else {
+            let problem = Problem::StatusUnavailable {
+                id,
+                retry_after: seconds,
+            };
+            problem.respond(json, |status| {
                 let t = state.locales.get(choice.lang);
                 let mut frame = Frame::new(&state.locales, choice, path);
                 let (note, action) = refreshing(&mut frame, request, t, seconds, choice, at);
@@ -378,9 +387,8 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
                     note,
                     action,
                 };
-                resp::html(StatusCode::SERVICE_UNAVAILABLE, pages::render(&page))
-            };
-            resp::retry_after(response, seconds)
+                resp::html(status, pages::render(&page))
+            })
         }
     }
 }

@@ -4,11 +4,12 @@
 
 use std::sync::LazyLock;
 
+use http::Response;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
 use sha2::{Digest, Sha256};
 
-use crate::http::{self as resp, Body};
+use crate::http::Body;
+use crate::problem::Problem;
 
 /// One file of `ui/static`.
 struct Asset {
@@ -65,7 +66,8 @@ pub fn favicon_href() -> &'static str {
     &ASSETS[1].href
 }
 
-pub fn serve(name: &str) -> Response<Body> {
+/// The file `name`; a 404 (a problem document for a JSON client) when there is none.
+pub fn serve(name: &str, json: bool) -> Response<Body> {
     let Some((asset, immutable)) = ASSETS.iter().find_map(|asset| {
         if asset.hashed == name {
             Some((asset, true))
@@ -75,7 +77,7 @@ pub fn serve(name: &str) -> Response<Body> {
             None
         }
     }) else {
-        return resp::text(StatusCode::NOT_FOUND, "not found\n");
+        return Problem::NotFound.response(json);
     };
     let mut response = Response::new(Body::from(asset.body));
     let headers = response.headers_mut();

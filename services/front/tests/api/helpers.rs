@@ -279,6 +279,17 @@ impl TestApp {
         load::row_count(&self.rows).await
     }
 
+    /// The id of every committed row.
+    pub async fn row_ids(&self) -> Vec<Uuid> {
+        orders::Entity::find()
+            .all(&self.rows)
+            .await
+            .expect("database read")
+            .into_iter()
+            .map(|row| row.id)
+            .collect()
+    }
+
     /// The headers of order `id`'s message while it waits in the ORDERS stream.
     pub async fn queued_headers(&self, id: Uuid) -> async_nats::HeaderMap {
         let client = async_nats::connect(self.nats.url()).await.expect("nats");

@@ -9,4 +9,5 @@ mod hostile;
 mod metrics;
 mod orders;
 mod pages;
+mod problems;
 mod tracing;
