@@ -13,8 +13,9 @@ export CARGO_TERM_COLOR := env_var_or_default("CARGO_TERM_COLOR", "auto")
 # One database for every recipe: the SQLite file of `just up` unless DATABASE_URL says otherwise.
 export DATABASE_URL := env_var_or_default("DATABASE_URL", "sqlite://.run/finalprice.db?mode=rwc")
 # The operators' recipes reach the nats-servers of the running `just up` or `just up-cluster`
-# (it writes .run/nats-url) unless NATS_URL is set.
-nats_of_up := 'if [ -z "${NATS_URL:-}" ] && [ -f .run/nats-url ]; then export NATS_URL="$(cat .run/nats-url)"; fi;'
+# (it writes .run/nats-url) unless NATS_URL is set; on up-cluster's they log in as its operator
+# (.run/nats-operator-password) unless a NATS user is set.
+nats_of_up := 'if [ -z "${NATS_URL:-}" ] && [ -f .run/nats-url ]; then export NATS_URL="$(cat .run/nats-url)"; if [ -z "${FINALPRICE_NATS__USER:-}" ] && [ -f .run/nats-operator-password ]; then export FINALPRICE_NATS__USER=operator FINALPRICE_NATS__PASSWORD_FILE=.run/nats-operator-password; fi; fi;'
 
 # List the recipes
 [private]
@@ -133,15 +134,20 @@ dc-up:
     # knows them. PostgreSQL takes its password when its volume is first made.
     secret() { head -c 24 /dev/urandom | base64 | tr -d '/+=\n'; }
     umask 077
-    if [ ! -f .env ]; then
-      printf 'NATS_PASSWORD=%s\nPOSTGRES_PASSWORD=%s\nGRAFANA_ADMIN_PASSWORD=%s\n' \
-        "$(secret)" "$(secret)" "$(secret)" >.env
-      echo "dc-up: wrote .env with new random NATS_PASSWORD, POSTGRES_PASSWORD and GRAFANA_ADMIN_PASSWORD (kept for every later dc-up; readable by you only)"
-    elif ! grep -q '^GRAFANA_ADMIN_PASSWORD=' .env; then
-      # An .env from before Grafana joined the stack: add its password, keep the others.
-      [ -z "$(tail -c 1 .env)" ] || echo >>.env
-      printf 'GRAFANA_ADMIN_PASSWORD=%s\n' "$(secret)" >>.env
-      echo "dc-up: added a new random GRAFANA_ADMIN_PASSWORD to .env"
+    # An .env from an earlier release lacks the newer ones (Grafana's, one NATS password per
+    # user): those are added, the others kept.
+    [ -f .env ] || : >.env
+    added=()
+    for name in NATS_FRONT_PASSWORD NATS_WORKER_PASSWORD NATS_OPERATOR_PASSWORD \
+      POSTGRES_PASSWORD GRAFANA_ADMIN_PASSWORD; do
+      if ! grep -q "^$name=" .env; then
+        [ -z "$(tail -c 1 .env)" ] || echo >>.env
+        printf '%s=%s\n' "$name" "$(secret)" >>.env
+        added+=("$name")
+      fi
+    done
+    if [ ${#added[@]} -gt 0 ]; then
+      echo "dc-up: wrote new random ${added[*]} into .env (kept for every later dc-up; readable by you only)"
     fi
     {{compose}} up -d --build
     echo "dc-up: the form is on http://localhost:8080/; Grafana on http://127.0.0.1:3000/ (admin, GRAFANA_ADMIN_PASSWORD in .env)"
@@ -156,11 +162,11 @@ dc-down:
 dc-logs:
     {{compose}} logs -f --tail=50
 
-# Compose: container states, then the order path's status from inside the stack
+# Compose: container states, then the order path's status from inside the stack (as the NATS user operator)
 [group('compose')]
 dc-status:
     {{compose}} ps
-    {{compose}} exec worker finalprice-worker status
+    {{compose}} run --rm operator status
 
 # Compose: the nats CLI on the stack's network with its login, e.g. `just dc-nats consumer info ORDERS workers`
 [group('compose')]
@@ -175,7 +181,7 @@ scale fronts workers:
 # Compose: check compose.yaml by Compose v2's rules the way CI does (no Docker engine needed)
 [group('compose')]
 dc-lint:
-    NATS_PASSWORD=lint POSTGRES_PASSWORD=lint GRAFANA_ADMIN_PASSWORD=lint {{compose}} -f compose.yaml config -q
+    NATS_FRONT_PASSWORD=lint NATS_WORKER_PASSWORD=lint NATS_OPERATOR_PASSWORD=lint POSTGRES_PASSWORD=lint GRAFANA_ADMIN_PASSWORD=lint {{compose}} -f compose.yaml config -q
 
 # Build both services (the test profile: one set of artifacts for `up` and `test`)
 [group('development')]

@@ -234,10 +234,34 @@ async fn options(config: &NatsConfig, default_name: &str) -> Result<ConnectOptio
         options = options.token(token);
     }
     Ok(options
+        .custom_inbox_prefix(inbox_prefix(config))
         .name(name)
         .ping_interval(config.ping_interval)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout)))
+}
+
+/// The root of every reply subject this process subscribes to: its fronts' confirmations and
+/// status replies, JetStream's answers and pull deliveries. `_INBOX_<user>` when it logs in with
+/// a user name, so that nats-server can give each user (`nats/nats-server-auth.conf`) its own
+/// inboxes and let workers answer fronts there alone; `_INBOX`, the NATS default, otherwise.
+/// Characters a subject token cannot hold become `_`.
+pub fn inbox_prefix(config: &NatsConfig) -> String {
+    if config.user.is_empty() {
+        return "_INBOX".to_owned();
+    }
+    let user: String = config
+        .user
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("_INBOX_{user}")
 }
 
 /// A JetStream context whose API calls and PubAck waits are bounded by `request_timeout`.
@@ -253,6 +277,39 @@ pub async fn ensure_orders_stream(
     config: &NatsConfig,
 ) -> Result<stream::Stream, SetupError> {
     ensure_stream(js, orders_stream_config(config)?, config.stream_replicas).await
+}
+
+/// The `ORDERS` stream as it is, created as defined only when there is none: for the fronts,
+/// whose NATS user may create the stream (so that a front started before any worker takes
+/// orders) but never change one, since lowering a limit drops queued orders. Bringing an existing
+/// stream to the definition is the workers' job ([`ensure_orders_stream`]).
+pub async fn orders_stream_or_create(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+) -> Result<stream::Stream, SetupError> {
+    let definition = orders_stream_config(config)?;
+    let name = definition.name.clone();
+    let failed = |source: async_nats::Error| SetupError::Stream {
+        name: name.clone(),
+        source,
+    };
+    match js.get_stream(&name).await {
+        Ok(existing) => return Ok(existing),
+        Err(error)
+            if matches!(
+                error.kind(),
+                GetStreamErrorKind::JetStream(api) if api.error_code() == ErrorCode::STREAM_NOT_FOUND
+            ) => {}
+        Err(error) => return Err(failed(error.into())),
+    }
+    if let Err(error) = js.create_stream(definition).await {
+        // Another process may have created it in between, perhaps otherwise (a worker with
+        // other overrides): whatever exists now is the stream.
+        tracing::debug!(%error, "order stream not created; looking again");
+    }
+    js.get_stream(&name)
+        .await
+        .map_err(|error| failed(error.into()))
 }
 
 /// Makes the `ORDERS_DLQ` stream exist as defined.
@@ -408,6 +465,24 @@ mod tests {
         assert!(
             !dlq.subjects.iter().any(|s| s.starts_with("orders.")),
             "the DLQ must not capture the order subjects"
+        );
+    }
+
+    #[test]
+    fn each_user_takes_its_replies_under_its_own_inbox_prefix() {
+        let mut config = Config::from_figment(&Config::figment(None)).expect("defaults");
+        assert_eq!(
+            inbox_prefix(&config.nats),
+            "_INBOX",
+            "no login: the NATS default"
+        );
+        config.nats.user = "front".into();
+        assert_eq!(inbox_prefix(&config.nats), "_INBOX_front");
+        config.nats.user = "front.eu *>".into();
+        assert_eq!(
+            inbox_prefix(&config.nats),
+            "_INBOX_front_eu___",
+            "one subject token, no wildcard"
         );
     }
 

@@ -1,5 +1,6 @@
 //! A real nats-server for one test: a free port, its own JetStream store, the repository's
-//! `nats/nats-server.conf`. Can be killed and restarted on the same port and store.
+//! `nats/nats-server.conf` (or `nats-server-auth.conf` with its users). Can be killed and
+//! restarted on the same port and store.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -16,34 +17,64 @@ use crate::process::{self, free_port};
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server.conf");
 const AUTH_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/nats-server-auth.conf");
 
+/// The users of `nats/nats-server-auth.conf`, each with the password the harness gives it.
+pub const USERS: [&str; 3] = ["front", "worker", "operator"];
+
+/// The password [`NatsServer::start_with_users`] gives `user` (one of [`USERS`]).
+pub fn test_password(user: &str) -> String {
+    format!("test-{user}-password")
+}
+
+/// How clients log in.
+#[derive(Debug)]
+enum Login {
+    None,
+    /// One user who may do anything (a configuration of the harness's own).
+    One {
+        user: String,
+        password: String,
+    },
+    /// The users and permissions of `nats/nats-server-auth.conf`.
+    Shipped,
+}
+
 /// A running nats-server; killed when dropped.
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
     dir: TempDir,
     port: u16,
-    /// `nats/nats-server-auth.conf`'s user and password, when started with them.
-    credentials: Option<(String, String)>,
+    login: Login,
 }
 
 impl NatsServer {
     /// Starts a fresh server on a free port.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_inner(None)
+        Self::start_inner(Login::None)
     }
 
-    /// Starts a fresh server with `nats/nats-server-auth.conf`: clients must log in.
+    /// Starts a fresh server on which clients must log in as `user`, who may do anything: for
+    /// tests of the login itself (the shipped users' permissions: [`Self::start_with_users`]).
     pub fn start_with_user(user: &str, password: &str) -> anyhow::Result<Self> {
-        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+        Self::start_inner(Login::One {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> anyhow::Result<Self> {
+    /// Starts a fresh server with `nats/nats-server-auth.conf` as shipped: the users of
+    /// [`USERS`], each with its permissions and its [`test_password`].
+    pub fn start_with_users() -> anyhow::Result<Self> {
+        Self::start_inner(Login::Shipped)
+    }
+
+    fn start_inner(login: Login) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("fp-nats-").tempdir()?;
         let mut server = Self {
             child: None,
             dir,
             port: 0,
-            credentials,
+            login,
         };
         server.spawn()?;
         Ok(server)
@@ -96,16 +127,33 @@ impl NatsServer {
         }
         let port = self.port.to_string();
         let mut command = Command::new(binary()?);
-        match &self.credentials {
-            Some((user, password)) => {
+        match &self.login {
+            Login::None => {
+                command.arg("-c").arg(CONFIG);
+            }
+            Login::One { user, password } => {
+                // nats-server.conf and one user, in a file of its own: an `include` resolves
+                // beside the including file.
+                let config = self.dir.path().join("nats-server-one-user.conf");
+                let mut text = std::fs::read_to_string(CONFIG)?;
+                text.push_str(
+                    "\nauthorization {\n  users = [\n    { user: $NATS_USER, password: $NATS_PASSWORD }\n  ]\n}\n",
+                );
+                std::fs::write(&config, text)?;
                 command
                     .arg("-c")
-                    .arg(AUTH_CONFIG)
+                    .arg(config)
                     .env("NATS_USER", user)
                     .env("NATS_PASSWORD", password);
             }
-            None => {
-                command.arg("-c").arg(CONFIG);
+            Login::Shipped => {
+                command.arg("-c").arg(AUTH_CONFIG);
+                for user in USERS {
+                    command.env(
+                        format!("NATS_{}_PASSWORD", user.to_uppercase()),
+                        test_password(user),
+                    );
+                }
             }
         }
         let child = command

@@ -46,8 +46,9 @@ impl Application {
     }
 
     /// Connects to NATS (in the background if it is down: the front then answers 503), makes
-    /// sure the order stream exists, starts the reply inbox, and binds the listen address last,
-    /// so a socket sharing the port (SO_REUSEPORT) never receives connections it cannot serve.
+    /// sure the order stream exists (as it is: workers keep it as defined), starts the reply
+    /// inbox, and binds the listen address last, so a socket sharing the port (SO_REUSEPORT)
+    /// never receives connections it cannot serve.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let client = nats::connect(&config.nats, "finalprice-front").await?;
         // Before the stream check below, whose round trip then covers it (see the worker).
@@ -58,7 +59,9 @@ impl Application {
         // The publish bound follows the stream's real replica count (0 configured keeps it).
         let definition = nats::orders_stream_config(&config.nats)?;
         let mut max_message = definition.max_message_size;
-        let replicas = match nats::ensure_orders_stream(&js, &config.nats).await {
+        // Created when missing, never changed: the front's NATS user may not (see
+        // `nats::orders_stream_or_create`).
+        let replicas = match nats::orders_stream_or_create(&js, &config.nats).await {
             Ok(stream) => {
                 // The stream as it is, which an older installation may have made otherwise.
                 max_message = stream.cached_info().config.max_message_size;
@@ -307,11 +310,15 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Keeps trying to create the stream until JetStream answers (nats-server down, or a cluster
-/// still electing its leaders); `/readyz` says 503 meanwhile.
+/// Keeps trying to find or create the stream until JetStream answers (nats-server down, or a
+/// cluster still electing its leaders); `/readyz` says 503 meanwhile.
 async fn ensure_stream_later(js: jetstream::Context, config: NatsConfig) {
     tokio::time::sleep(Duration::from_secs(1)).await;
-    match nats::until_set_up("order stream", || nats::ensure_orders_stream(&js, &config)).await {
+    match nats::until_set_up("order stream", || {
+        nats::orders_stream_or_create(&js, &config)
+    })
+    .await
+    {
         Ok(_) => tracing::info!("order stream ready"),
         // A definition that does not parse was already refused by `build`.
         Err(error) => tracing::error!(%error, "order stream cannot be set up"),
