@@ -6,6 +6,7 @@
 //! `finalprice-load --help` lists its flags; [`LONG_ABOUT`] says how its closed and open loops
 //! differ.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -83,12 +84,36 @@ struct Args {
         default_value = "http://127.0.0.1:8222"
     )]
     nats_monitor: Vec<String>,
+    /// Beside the orders, flood the front with GETs on --beside-connections more connections:
+    /// `lookups` asks `GET /orders/{id}` for one id nobody ordered (what an attacker would
+    /// send), `pages` asks for the form (`GET /`), the cheapest answer, to compare with
+    #[arg(long, value_enum, value_name = "KIND")]
+    beside: Option<Beside>,
+    /// Connections of the --beside flood
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = at_least_one)]
+    beside_connections: usize,
     /// Where to draw the run as SVG
     #[arg(long, value_name = "PATH", default_value = "target/load-report.svg")]
     report: String,
     /// Where to write the report as JSON, for scripts [default: the SVG's path, .json]
     #[arg(long, value_name = "PATH")]
     json: Option<String>,
+}
+
+/// What `--beside` floods the front with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Beside {
+    Lookups,
+    Pages,
+}
+
+impl Beside {
+    fn path(self, unknown: Uuid) -> String {
+        match self {
+            Self::Lookups => format!("/orders/{unknown}"),
+            Self::Pages => "/".to_owned(),
+        }
+    }
 }
 
 /// How the two loops differ, for `--help`.
@@ -278,6 +303,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // holding all the connections at once, and the hold starts only then.
     let loaded = Arc::new(Barrier::new(args.connections + 1));
     let (release, released) = watch::channel(false);
+    // The flood beside the orders runs from the start until every order lane is done.
+    let flood_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let floods: Vec<_> = args
+        .beside
+        .map(|kind| {
+            let path = kind.path(Uuid::now_v7());
+            (0..args.beside_connections)
+                .map(|_| {
+                    let (authority, path) = (authority.clone(), path.clone());
+                    tokio::spawn(flood(authority, path, Arc::clone(&flood_stop)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let mut lanes = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         let (shared, connected, origin) = (Arc::clone(&shared), connected.clone(), origin.clone());
@@ -302,6 +341,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         terminal,
     ));
     loaded.wait().await;
+    flood_stop.store(true, Ordering::Relaxed);
+    let mut flooded: BTreeMap<String, u64> = BTreeMap::new();
+    for flood in floods {
+        for (answer, count) in flood.await? {
+            *flooded.entry(answer).or_default() += count;
+        }
+    }
     progress.abort();
     progress::finish(terminal);
     let mut run = Run::new(args.connections, args.form);
@@ -422,8 +468,75 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("writing {json_path}"))?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", render_text(&run))?;
+    if let Some(kind) = args.beside {
+        let total: u64 = flooded.values().sum();
+        let answers: Vec<String> = flooded
+            .iter()
+            .map(|(answer, count)| format!("{answer} × {count}"))
+            .collect();
+        writeln!(
+            out,
+            "beside:    {} connections of {kind:?} ({}): {total} answered, {:.0}/s; {}",
+            args.beside_connections,
+            kind.path(Uuid::nil())
+                .replace(&Uuid::nil().to_string(), "<id>"),
+            total as f64 / run.elapsed.as_secs_f64().max(1e-9),
+            answers.join(", ")
+        )?;
+    }
     writeln!(out, "report: {}, {json_path}", args.report)?;
     Ok(())
+}
+
+/// One connection of the `--beside` flood: GET `path` back to back until `stop`; how many
+/// answers of each status (or failure) it got.
+async fn flood(
+    authority: String,
+    path: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> BTreeMap<String, u64> {
+    let mut answers = BTreeMap::new();
+    let uri: http::Uri = match path.parse() {
+        Ok(uri) => uri,
+        Err(_) => return answers,
+    };
+    let mut sender = None;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(connection) = sender.as_mut() else {
+            match connect(&authority).await {
+                Ok(connection) => sender = Some(connection),
+                Err(_) => {
+                    *answers.entry("connect failed".to_owned()).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            continue;
+        };
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        if let Ok(host) = HeaderValue::from_str(&authority) {
+            headers.insert(header::HOST, host);
+        }
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let answer = async {
+            connection.ready().await?;
+            let response = connection.send_request(request).await?;
+            let status = response.status().as_u16();
+            response.into_body().collect().await?;
+            anyhow::Ok(status)
+        }
+        .await;
+        let key = match answer {
+            Ok(status) => status.to_string(),
+            Err(_) => {
+                sender = None;
+                "failed".to_owned()
+            }
+        };
+        *answers.entry(key).or_default() += 1;
+    }
+    answers
 }
 
 /// Every nats-server process on this machine (`--nats-cpu`): pid, a label naming its client

@@ -226,6 +226,11 @@ pub struct HttpConfig {
     /// Orders per second per client; 0 = no limit.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// `GET /orders/{id}` lookups that ask the workers at once; past it, 503.
+    pub max_lookups_in_flight: usize,
+    /// Lookups per second per client; 0 = no limit.
+    pub lookup_rate_per_second: u32,
+    pub lookup_rate_burst: u32,
     /// Empty = the peer address identifies the client. Otherwise the last address of the
     /// header's last line, the one the proxy in front of us added (`X-Forwarded-For`,
     /// `X-Real-IP`).
@@ -431,6 +436,15 @@ impl Config {
             return Err(invalid(
                 "http.retry_after",
                 "must be at least 1s (Retry-After counts whole seconds)",
+            ));
+        }
+        if self.http.max_lookups_in_flight == 0 {
+            return Err(invalid("http.max_lookups_in_flight", "must be at least 1"));
+        }
+        if self.http.lookup_rate_per_second > 0 && self.http.lookup_rate_burst == 0 {
+            return Err(invalid(
+                "http.lookup_rate_burst",
+                "must be at least 1 when http.lookup_rate_per_second is set",
             ));
         }
         if self.http.rate_limit_per_second > 0 && self.http.rate_limit_burst == 0 {

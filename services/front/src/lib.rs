@@ -29,6 +29,7 @@ pub(crate) mod http;
 pub(crate) mod i18n;
 pub(crate) mod inbox;
 pub(crate) mod limits;
+pub(crate) mod lookups;
 pub(crate) mod metrics;
 pub(crate) mod pages;
 pub(crate) mod problem;

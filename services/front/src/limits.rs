@@ -1,5 +1,6 @@
-//! Per-client rate limiting of order submissions: a token bucket per client address (GCRA, by
-//! `governor`), off unless `http.rate_limit_per_second` is set.
+//! Per-client rate limiting: a token bucket per client address (GCRA, by `governor`), for
+//! order submissions (off unless `http.rate_limit_per_second` is set) and for order lookups
+//! (`http.lookup_rate_per_second`, on by default).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -24,10 +25,28 @@ pub struct ClientLimiter {
 }
 
 impl ClientLimiter {
-    /// `None` when rate limiting is off. Starts the task that forgets idle clients.
+    /// The orders' limiter; `None` when it is off.
     pub fn start(config: &HttpConfig) -> Option<Arc<Self>> {
-        let rate = NonZeroU32::new(config.rate_limit_per_second)?;
-        let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
+        Self::with_rate(
+            config,
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+        )
+    }
+
+    /// The lookups' limiter; `None` when it is off.
+    pub fn for_lookups(config: &HttpConfig) -> Option<Arc<Self>> {
+        Self::with_rate(
+            config,
+            config.lookup_rate_per_second,
+            config.lookup_rate_burst,
+        )
+    }
+
+    /// `None` when `per_second` is 0. Starts the task that forgets idle clients.
+    fn with_rate(config: &HttpConfig, per_second: u32, burst: u32) -> Option<Arc<Self>> {
+        let rate = NonZeroU32::new(per_second)?;
+        let burst = NonZeroU32::new(burst).unwrap_or(rate);
         let limiter = Arc::new(Self {
             buckets: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             client_ip_header: HeaderName::from_bytes(config.client_ip_header.as_bytes()).ok(),
@@ -47,7 +66,7 @@ impl ClientLimiter {
         Some(limiter)
     }
 
-    /// `Err(wait)` when this client must wait before its next order.
+    /// `Err(wait)` when this client must wait before its next request.
     pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {
         let client = self.client(peer, headers);
         self.buckets

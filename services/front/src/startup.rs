@@ -24,6 +24,7 @@ use crate::envelope::Limits;
 use crate::i18n::Locales;
 use crate::inbox::Inbox;
 use crate::limits::ClientLimiter;
+use crate::lookups::Lookups;
 use crate::metrics::FrontMetrics;
 use crate::queue::{OrderQueue, Timeouts};
 use crate::routes::{self, AppState};
@@ -109,6 +110,7 @@ impl Application {
             country: config.default_country(),
             in_flight: Arc::new(Semaphore::new(config.http.max_in_flight)),
             limiter: ClientLimiter::start(&config.http),
+            lookups: Lookups::new(&config.http),
             metrics,
             locales: Locales::load()?,
         });

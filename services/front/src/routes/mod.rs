@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::http::{self as resp, Body};
 use crate::i18n::{Choice, Locales};
 use crate::limits::ClientLimiter;
+use crate::lookups::Lookups;
 use crate::metrics::{FrontMetrics, Route};
 use crate::pages::{self, Frame, MessagePage};
 use crate::problem::Problem;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// Per-client order rate; `None` when off.
     pub limiter: Option<Arc<ClientLimiter>>,
+    /// `GET /orders/{id}`'s own limits, and the answers kept.
+    pub lookups: Lookups,
     pub metrics: Arc<FrontMetrics>,
     /// Every text of every language, from `ui/locales`.
     pub locales: Locales,
@@ -146,7 +149,13 @@ async fn route(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) 
         (true, _, "/") => home::form(state, Choice::of_request(&request)),
         (_, true, "/orders") => orders::create(state, peer, request).await,
         (true, _, path) if path.starts_with("/orders/") => {
-            Box::pin(orders::show(state, &path["/orders/".len()..], &request)).await
+            Box::pin(orders::show(
+                state,
+                peer,
+                &path["/orders/".len()..],
+                &request,
+            ))
+            .await
         }
         (true, _, path) if path.starts_with("/static/") => {
             static_files::serve(&path["/static/".len()..], json)

@@ -18,6 +18,7 @@ use crate::form::{FieldErrors, OrderForm};
 use crate::http::{self as resp, Body};
 use crate::i18n::Texts;
 use crate::i18n::{Choice, Lang};
+use crate::lookups::LookupError;
 use crate::pages::{self, Focus, FormPage, Frame, Link, MessagePage};
 use crate::problem::Problem;
 use crate::queue::{StatusError, SubmitError, Submitted};
@@ -138,6 +139,9 @@ async fn create_order(
             error,
         })?;
     tracing::debug!(order_id = %order.id, outcome = ?outcome, "order submitted");
+    if outcome == Submitted::Accepted {
+        state.lookups.accepted(order.id, order.phone.masked()).await;
+    }
     Ok((order.id, outcome))
 }
 
@@ -312,11 +316,23 @@ fn form_again(
     resp::html(status, pages::render(&page))
 }
 
-/// `GET /orders/{id}`: accepted, being saved, or unknown (404); 503 when nobody can tell now.
-pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Response<Body> {
+/// `GET /orders/{id}`: accepted, being saved, or unknown (404); 503 when nobody can tell now
+/// or too many lookups are under way, 429 past the client's lookup rate (`lookups`).
+pub async fn show(
+    state: &AppState,
+    peer: IpAddr,
+    id: &str,
+    request: &Request<Incoming>,
+) -> Response<Body> {
     let json = resp::wants_json(request.headers());
     let choice = Choice::of_request(request);
     let path = request.uri().path();
+    if let Err(wait) = state.lookups.admit(peer, request.headers()) {
+        let problem = Problem::RateLimited {
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+        };
+        return lookup_refused(state, problem, json, choice, path);
+    }
     let Ok(id) = Uuid::parse_str(id) else {
         return not_found(state, json, None, choice, path);
     };
@@ -324,7 +340,7 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
     let at = resp::query_value(request.uri().query(), "at")
         .and_then(|at| at.parse::<u64>().ok())
         .filter(|&at| at > 0);
-    match state.queue.status_or_queued(id, at).await {
+    match state.lookups.status(&state.queue, id, at).await {
         Ok(StatusReply {
             state: OrderState::Unknown,
             ..
@@ -362,6 +378,15 @@ pub async fn show(state: &AppState, id: &str, request: &Request<Incoming>) -> Re
             resp::html(StatusCode::OK, pages::render(&page))
         }
         Err(error) => {
+            let error = match &*error {
+                LookupError::Busy => {
+                    let problem = Problem::Busy {
+                        retry_after: state.retry_after_secs(),
+                    };
+                    return lookup_refused(state, problem, json, choice, path);
+                }
+                LookupError::Status(error) => error,
+            };
             // Every page refresh asks again; through an outage that would be a warning each.
             if matches!(error, StatusError::Disconnected) {
                 tracing::debug!(%error, order_id = %id, "order status unavailable");
@@ -434,6 +459,24 @@ fn refreshing<'t>(
 /// How often the "being saved" page reloads itself: the reply timeout is seconds, so the
 /// answer is usually there on the first reload.
 const PENDING_REFRESH_SECS: u64 = 2;
+
+/// A lookup refused before any look (`problem`: over the client's rate, or at the bound of
+/// looks at once): the "busy, try again in N seconds" page, or the problem document.
+fn lookup_refused(
+    state: &AppState,
+    problem: Problem,
+    json: bool,
+    choice: Choice,
+    path: &str,
+) -> Response<Body> {
+    problem.respond(json, |status| {
+        let t = state.locales.get(choice.lang);
+        let message = t.busy_message(problem.retry_after().unwrap_or(1));
+        let frame = Frame::new(&state.locales, choice, path);
+        let page = MessagePage::plain(frame, &t.page.busy_title, &message, &t.page.back);
+        resp::html(status, pages::render(&page))
+    })
+}
 
 fn not_found(
     state: &AppState,

@@ -6,6 +6,7 @@ mod faults;
 mod health;
 mod helpers;
 mod hostile;
+mod lookups;
 mod metrics;
 mod orders;
 mod pages;
