@@ -92,6 +92,51 @@ pub struct NatsConfig {
     /// Zero keeps the value of `nats/consumer-workers.json`.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
+    /// TLS towards nats-server (`[nats.tls]`).
+    #[serde(default)]
+    pub tls: NatsTlsConfig,
+}
+
+/// TLS towards nats-server. The files are read when the client is set up
+/// (`nats::connect`), which names the setting of any that cannot be used.
+///
+/// There is no `server_name`: async-nats 0.51 checks the server's certificate against the host
+/// of the URL it dials (`nats.url`) and offers no way to name another; a rustls config of our
+/// own (`tls_client_config`) does not change that name either.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTlsConfig {
+    /// PEM certificates of the CAs to trust, instead of the system's.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The client's certificate (PEM), for servers that verify clients; with `key_file`.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM); with `cert_file`.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub key_file: Option<PathBuf>,
+    /// TLS even when the URL says `nats://` and the server does not ask for it.
+    #[serde(default)]
+    pub required: bool,
+}
+
+impl NatsTlsConfig {
+    /// Whether any TLS setting is given.
+    pub fn is_set(&self) -> bool {
+        self.required
+            || self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+    }
+}
+
+/// An empty value as no value: `FINALPRICE_NATS__TLS__CA_FILE=` in an env file or a compose
+/// `${VAR:-}` means "none", not a file named "".
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    let path: Option<PathBuf> = Option::deserialize(deserializer)?;
+    Ok(path.filter(|path| !path.as_os_str().is_empty()))
 }
 
 /// Secrets shown as set or not, never their value.
@@ -114,6 +159,8 @@ impl fmt::Debug for NatsConfig {
             .field("envelope_max_bytes", &self.envelope_max_bytes)
             .field("envelopes_in_flight", &self.envelopes_in_flight)
             .field("stream_replicas", &self.stream_replicas)
+            // Paths, not secrets.
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -731,6 +778,43 @@ mod tests {
             config.nats.servers(),
             ["nats://a:4222", "nats://b:4222", "tls://c:4222"]
         );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn nats_tls_is_off_by_default_and_read_from_the_environment() {
+        let config = load_with("").expect("valid");
+        assert!(!config.nats.tls.is_set(), "{:?}", config.nats.tls);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FINALPRICE_NATS__TLS__CA_FILE", "/etc/nats/ca.pem");
+            jail.set_env("FINALPRICE_NATS__TLS__CERT_FILE", "/etc/nats/client.pem");
+            jail.set_env("FINALPRICE_NATS__TLS__KEY_FILE", "/etc/nats/client-key.pem");
+            jail.set_env("FINALPRICE_NATS__TLS__REQUIRED", "true");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            let tls = &config.nats.tls;
+            assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/nats/ca.pem")));
+            assert_eq!(
+                tls.cert_file.as_deref(),
+                Some(Path::new("/etc/nats/client.pem"))
+            );
+            assert_eq!(
+                tls.key_file.as_deref(),
+                Some(Path::new("/etc/nats/client-key.pem"))
+            );
+            assert!(tls.required);
+            // Paths, shown so that an operator sees which files a process uses.
+            assert!(format!("{config:?}").contains("/etc/nats/ca.pem"));
+
+            // An env file's `KEY=` means none, not a file named "".
+            jail.set_env("FINALPRICE_NATS__TLS__CA_FILE", "");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            assert_eq!(config.nats.tls.ca_file, None);
+
+            jail.set_env("FINALPRICE_NATS__TLS__CAFILE", "/etc/nats/ca.pem");
+            let refused = Config::from_figment(&Config::figment(None)).expect_err("misspelt");
+            assert!(refused.to_string().contains("cafile"), "{refused}");
+            Ok(())
+        });
     }
 
     #[test]

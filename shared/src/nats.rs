@@ -1,13 +1,17 @@
 //! The NATS side both services share: connecting, and the stream and consumer definitions of
 //! `nats/`, compiled in so that services and operators read one source.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::{self, ErrorCode, consumer, stream};
+use async_nats::rustls;
+use async_nats::rustls::pki_types::pem::PemObject as _;
+use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use async_nats::{Client, ConnectOptions, Subscriber};
 
-use crate::config::{NatsConfig, redact_url_password, secret};
+use crate::config::{NatsConfig, NatsTlsConfig, redact_url_password, secret};
 
 /// `nats/stream-orders.json`: the work-queue stream of orders.
 pub const ORDERS_STREAM_JSON: &str = include_str!("../../nats/stream-orders.json");
@@ -96,6 +100,24 @@ pub enum SetupError {
     },
     #[error("cannot read the NATS credentials")]
     Credentials(#[source] std::io::Error),
+    /// A `nats.tls` setting that cannot be used, found before any connection is tried.
+    #[error("{setting} ({}): {problem}", env_name(setting))]
+    TlsSetting {
+        setting: &'static str,
+        problem: String,
+    },
+    /// The TLS handshake failed: waiting does not fix that, a setting does.
+    #[error(
+        "TLS with nats-server at {url} failed: {why}; check {check} ({})",
+        env_name(check)
+    )]
+    TlsRefused {
+        url: String,
+        why: &'static str,
+        check: &'static str,
+        #[source]
+        source: async_nats::ConnectError,
+    },
     #[error("cannot connect to nats-server at {url}")]
     Connect {
         url: String,
@@ -163,10 +185,43 @@ pub fn dead_letter_stream_config(config: &NatsConfig) -> Result<stream::Config, 
 /// Connects with the settings both services share, to any of the servers `url` lists. The
 /// connection is made in the background and retried forever, so a service starts (and answers
 /// 503) while nats-server is down.
+///
+/// With TLS in play, one attempt is made first in the foreground: a certificate refused on
+/// either side fails here, naming the setting to check. In the background async-nats reports
+/// only "IO error" for it, again and again, and the service would answer 503 for ever.
 pub async fn connect(config: &NatsConfig, default_name: &str) -> Result<Client, SetupError> {
-    options(config, default_name)
-        .await?
+    let servers = config.servers();
+    if config.tls.is_set() || servers.iter().any(|server| server.starts_with("tls://")) {
+        match reconnecting(options(config, default_name).await?)
+            .connect(servers.clone())
+            .await
+        {
+            Ok(client) => return Ok(client),
+            Err(source) => match classify(redact_url_password(&config.url), source, config) {
+                refused @ SetupError::TlsRefused { .. } => return Err(refused),
+                other => {
+                    let error = anyhow::Error::new(other);
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "nats-server not reachable yet; connecting in the background"
+                    );
+                }
+            },
+        }
+    }
+    reconnecting(options(config, default_name).await?)
         .retry_on_initial_connect()
+        .connect(servers)
+        .await
+        .map_err(|source| SetupError::Connect {
+            url: redact_url_password(&config.url),
+            source,
+        })
+}
+
+/// Reconnects for ever, quickly, and logs the connection's events.
+fn reconnecting(options: ConnectOptions) -> ConnectOptions {
+    options
         .max_reconnects(None)
         // Reconnect quickly: a restarted nats-server should be used again within a second, and
         // a dropped connection to a live one (a load balancer's reset) at once, since fronts
@@ -185,12 +240,6 @@ pub async fn connect(config: &NatsConfig, default_name: &str) -> Result<Client, 
                 other => tracing::debug!(event = %other, "nats event"),
             }
         })
-        .connect(config.servers())
-        .await
-        .map_err(|source| SetupError::Connect {
-            url: redact_url_password(&config.url),
-            source,
-        })
 }
 
 /// Connects to `server` alone, once, without retrying: for looking at one node of a cluster.
@@ -200,10 +249,85 @@ pub async fn connect_to_one(config: &NatsConfig, server: &str) -> Result<Client,
         .max_reconnects(Some(0))
         .connect(server)
         .await
-        .map_err(|source| SetupError::Connect {
-            url: redact_url_password(server),
-            source,
-        })
+        .map_err(|source| classify(redact_url_password(server), source, config))
+}
+
+/// What a failed first connection says: a certificate refused on either side becomes
+/// [`SetupError::TlsRefused`], naming the setting to check; anything else (a server down, a
+/// time-out) stays [`SetupError::Connect`].
+///
+/// async-nats 0.51 does not report a failed handshake as `ConnectErrorKind::Tls` (that kind is
+/// for its own set-up of rustls) but as `Io`, with rustls' error inside the `io::Error`.
+fn classify(url: String, source: async_nats::ConnectError, config: &NatsConfig) -> SetupError {
+    use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+    let (why, check) = match (source.kind(), tls_error(&source)) {
+        (
+            _,
+            Some(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )),
+        ) => (
+            "the server's certificate does not name the host of the URL",
+            "nats.url",
+        ),
+        (_, Some(rustls::Error::InvalidCertificate(_))) => (
+            "this client does not trust the server's certificate",
+            "nats.tls.ca_file",
+        ),
+        // What rustls makes of a plain server's answer to its hello: TLS was asked for by
+        // this client, through `required` or a tls:// URL.
+        (_, Some(rustls::Error::InvalidMessage(_))) => (
+            "the server does not speak TLS",
+            if config.tls.required {
+                "nats.tls.required"
+            } else {
+                "nats.url"
+            },
+        ),
+        (_, Some(rustls::Error::AlertReceived(_))) => (
+            "the server refused this client's certificate, or its absence",
+            "nats.tls.cert_file",
+        ),
+        (_, Some(_)) | (async_nats::ConnectErrorKind::Tls, None) => {
+            ("TLS could not be set up", "nats.tls.ca_file")
+        }
+        _ => return SetupError::Connect { url, source },
+    };
+    SetupError::TlsRefused {
+        url,
+        why,
+        check,
+        source,
+    }
+}
+
+/// The rustls error in `error`'s chain. An `io::Error` holding one does not give it as its
+/// `source()`, so each link is also looked into.
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if inner.is_some() {
+            return inner;
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// The environment variable of `setting`: `nats.tls.ca_file` → `FINALPRICE_NATS__TLS__CA_FILE`;
+/// `nats.url` → `NATS_URL`, the name the deployments use (the other works too).
+fn env_name(setting: &str) -> String {
+    if setting == "nats.url" {
+        return "NATS_URL".to_owned();
+    }
+    format!("FINALPRICE_{}", setting.replace('.', "__").to_uppercase())
 }
 
 /// Credentials, name and time bounds from `config`.
@@ -233,12 +357,77 @@ async fn options(config: &NatsConfig, default_name: &str) -> Result<ConnectOptio
     {
         options = options.token(token);
     }
+    options = tls_options(options, &config.tls)?;
     Ok(options
         .custom_inbox_prefix(inbox_prefix(config))
         .name(name)
         .ping_interval(config.ping_interval)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout)))
+}
+
+/// The `nats.tls` settings. Their files are read here, so that one that cannot be used stops
+/// the service at start naming the setting: async-nats reads them only once a server asks for
+/// TLS, and then reports "TLS error" without the path, on every reconnect.
+fn tls_options(
+    mut options: ConnectOptions,
+    tls: &NatsTlsConfig,
+) -> Result<ConnectOptions, SetupError> {
+    if let Some(ca_file) = &tls.ca_file {
+        certificates("nats.tls.ca_file", ca_file)?;
+        options = options.add_root_certificates(ca_file.clone());
+    }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            certificates("nats.tls.cert_file", cert_file)?;
+            private_key("nats.tls.key_file", key_file)?;
+            options = options.add_client_certificate(cert_file.clone(), key_file.clone());
+        }
+        (Some(_), None) => {
+            return Err(SetupError::TlsSetting {
+                setting: "nats.tls.key_file",
+                problem: "not set, but nats.tls.cert_file is: set both or neither".into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(SetupError::TlsSetting {
+                setting: "nats.tls.cert_file",
+                problem: "not set, but nats.tls.key_file is: set both or neither".into(),
+            });
+        }
+        (None, None) => {}
+    }
+    Ok(options.require_tls(tls.required))
+}
+
+/// The contents of the file `setting` names.
+fn pem_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, SetupError> {
+    std::fs::read(path).map_err(|error| SetupError::TlsSetting {
+        setting,
+        problem: format!("{}: {error}", path.display()),
+    })
+}
+
+/// Checks that the file `setting` names holds at least one PEM certificate.
+fn certificates(setting: &'static str, path: &Path) -> Result<(), SetupError> {
+    let pem = pem_file(setting, path)?;
+    let problem = match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+        Ok(found) if !found.is_empty() => return Ok(()),
+        Ok(_) => format!("{}: holds no PEM certificate", path.display()),
+        Err(error) => format!("{}: {error}", path.display()),
+    };
+    Err(SetupError::TlsSetting { setting, problem })
+}
+
+/// Checks that the file `setting` names holds a PEM private key.
+fn private_key(setting: &'static str, path: &Path) -> Result<(), SetupError> {
+    let pem = pem_file(setting, path)?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map(drop)
+        .map_err(|error| SetupError::TlsSetting {
+            setting,
+            problem: format!("{}: holds no PEM private key ({error})", path.display()),
+        })
 }
 
 /// The root of every reply subject this process subscribes to: its fronts' confirmations and
@@ -391,7 +580,12 @@ where
                 }
                 return Ok(done);
             }
-            Err(error @ (SetupError::Definition { .. } | SetupError::Credentials(_))) => {
+            Err(
+                error @ (SetupError::Definition { .. }
+                | SetupError::Credentials(_)
+                | SetupError::TlsSetting { .. }
+                | SetupError::TlsRefused { .. }),
+            ) => {
                 return Err(error);
             }
             Err(error) => {
@@ -484,6 +678,101 @@ mod tests {
             "_INBOX_front_eu___",
             "one subject token, no wildcard"
         );
+    }
+
+    /// A directory of its own under the system's temporary one, removed by the caller.
+    fn scratch() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("fp-nats-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        dir
+    }
+
+    /// A PEM block of any label: the parser checks the armour and the base64, not the DER.
+    const KEY_PEM: &str =
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+
+    async fn tls_setup_error(tls: NatsTlsConfig) -> String {
+        let mut config = Config::from_figment(&Config::figment(None)).expect("defaults");
+        config.nats.tls = tls;
+        match options(&config.nats, "test").await {
+            Ok(_) => panic!("{:?} accepted", config.nats.tls),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unusable_tls_file_is_refused_naming_its_setting_and_variable() {
+        let dir = scratch();
+        let missing = dir.join("ca.pem");
+        let error = tls_setup_error(NatsTlsConfig {
+            ca_file: Some(missing.clone()),
+            ..NatsTlsConfig::default()
+        })
+        .await;
+        assert!(
+            error.starts_with(&format!(
+                "nats.tls.ca_file (FINALPRICE_NATS__TLS__CA_FILE): {}: No such file or directory",
+                missing.display()
+            )),
+            "{error}"
+        );
+
+        let key_only = dir.join("key.pem");
+        std::fs::write(&key_only, KEY_PEM).expect("write");
+        let error = tls_setup_error(NatsTlsConfig {
+            ca_file: Some(key_only.clone()),
+            ..NatsTlsConfig::default()
+        })
+        .await;
+        assert_eq!(
+            error,
+            format!(
+                "nats.tls.ca_file (FINALPRICE_NATS__TLS__CA_FILE): {}: holds no PEM certificate",
+                key_only.display()
+            )
+        );
+
+        let error = tls_setup_error(NatsTlsConfig {
+            cert_file: Some(key_only.clone()),
+            key_file: Some(key_only.clone()),
+            ..NatsTlsConfig::default()
+        })
+        .await;
+        assert!(
+            error.starts_with("nats.tls.cert_file (FINALPRICE_NATS__TLS__CERT_FILE): "),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_needs_its_key_and_a_key_its_certificate() {
+        let error = tls_setup_error(NatsTlsConfig {
+            cert_file: Some("/etc/client.pem".into()),
+            ..NatsTlsConfig::default()
+        })
+        .await;
+        assert!(
+            error.starts_with("nats.tls.key_file (FINALPRICE_NATS__TLS__KEY_FILE): not set"),
+            "{error}"
+        );
+        let error = tls_setup_error(NatsTlsConfig {
+            key_file: Some("/etc/client-key.pem".into()),
+            ..NatsTlsConfig::default()
+        })
+        .await;
+        assert!(
+            error.starts_with("nats.tls.cert_file (FINALPRICE_NATS__TLS__CERT_FILE): not set"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_tls_settings_nothing_is_read() {
+        let config = Config::from_figment(&Config::figment(None)).expect("defaults");
+        options(&config.nats, "test")
+            .await
+            .expect("no TLS files to read");
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod process;
 
 pub use cluster::NatsCluster;
 pub use db::{Backend, TestDb};
-pub use nats::{NatsServer, USERS, orders_in_stream, test_password};
+pub use nats::{NatsServer, TestCa, USERS, orders_in_stream, test_password};
 pub use process::{Service, binary, clean_command, free_port, operator, repository, tool};
 
 use figment::Figment;

@@ -1,6 +1,6 @@
 //! A real nats-server for one test: a free port, its own JetStream store, the repository's
-//! `nats/nats-server.conf` (or `nats-server-auth.conf` with its users). Can be killed and
-//! restarted on the same port and store.
+//! `nats/nats-server.conf` (or `nats-server-auth.conf` with its users), TLS with certificates of
+//! a [`TestCa`] when asked. Can be killed and restarted on the same port and store.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,17 @@ enum Login {
     Shipped,
 }
 
+/// The TLS a server requires of its clients.
+#[derive(Debug)]
+struct ServerTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    /// Whose client certificates are accepted.
+    ca_file: PathBuf,
+    /// Whether clients must present a certificate (nats-server's `verify`).
+    verify: bool,
+}
+
 /// A running nats-server; killed when dropped.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -45,6 +56,7 @@ pub struct NatsServer {
     dir: TempDir,
     port: u16,
     login: Login,
+    tls: Option<ServerTls>,
 }
 
 impl NatsServer {
@@ -68,21 +80,42 @@ impl NatsServer {
         Self::start_inner(Login::Shipped)
     }
 
+    /// Starts a fresh server that requires TLS, with the server certificate of `ca` (which
+    /// must outlive the server: a restart reads the files again); with `verify_clients` clients
+    /// must also present a certificate `ca` signed. [`Self::url`] is then `tls://…`.
+    pub fn start_with_tls(ca: &TestCa, verify_clients: bool) -> anyhow::Result<Self> {
+        Self::start_full(
+            Login::None,
+            Some(ServerTls {
+                cert_file: ca.server_cert_file(),
+                key_file: ca.server_key_file(),
+                ca_file: ca.ca_file(),
+                verify: verify_clients,
+            }),
+        )
+    }
+
     fn start_inner(login: Login) -> anyhow::Result<Self> {
+        Self::start_full(login, None)
+    }
+
+    fn start_full(login: Login, tls: Option<ServerTls>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("fp-nats-").tempdir()?;
         let mut server = Self {
             child: None,
             dir,
             port: 0,
             login,
+            tls,
         };
         server.spawn()?;
         Ok(server)
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>`, or `tls://…` when the server requires TLS.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL, as a crash: no flush, no goodbye to clients.
@@ -129,7 +162,7 @@ impl NatsServer {
         let mut command = Command::new(binary()?);
         match &self.login {
             Login::None => {
-                command.arg("-c").arg(CONFIG);
+                command.arg("-c").arg(self.with_tls(Path::new(CONFIG))?);
             }
             Login::One { user, password } => {
                 // nats-server.conf and one user, in a file of its own: an `include` resolves
@@ -142,12 +175,14 @@ impl NatsServer {
                 std::fs::write(&config, text)?;
                 command
                     .arg("-c")
-                    .arg(config)
+                    .arg(self.with_tls(&config)?)
                     .env("NATS_USER", user)
                     .env("NATS_PASSWORD", password);
             }
             Login::Shipped => {
-                command.arg("-c").arg(AUTH_CONFIG);
+                command
+                    .arg("-c")
+                    .arg(self.with_tls(Path::new(AUTH_CONFIG))?);
                 for user in USERS {
                     command.env(
                         format!("NATS_{}_PASSWORD", user.to_uppercase()),
@@ -168,6 +203,122 @@ impl NatsServer {
         self.child = Some(child);
         self.port = wait_for_port(&ports_dir)?;
         Ok(())
+    }
+}
+
+impl NatsServer {
+    /// `config`, or, when the server requires TLS, a file in the server's directory that
+    /// includes it and adds a `tls` block. nats-server resolves an include beside the including
+    /// file, an absolute path too (it joins the two), so `config` and the files beside it,
+    /// which it may include, are copied there first.
+    fn with_tls(&self, config: &Path) -> anyhow::Result<PathBuf> {
+        let Some(tls) = &self.tls else {
+            return Ok(config.to_owned());
+        };
+        let name = config.file_name().context("a configuration file")?;
+        let beside = config.parent().context("a configuration file")?;
+        if beside != self.dir.path() {
+            for entry in std::fs::read_dir(beside)? {
+                let path = entry?.path();
+                if let Some(file) = path.file_name()
+                    && path
+                        .extension()
+                        .is_some_and(|extension| extension == "conf")
+                {
+                    std::fs::copy(&path, self.dir.path().join(file))?;
+                }
+            }
+        }
+        let mut text = format!(
+            "include \"./{}\"\n\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n",
+            name.to_string_lossy(),
+            tls.cert_file.display(),
+            tls.key_file.display(),
+            tls.ca_file.display(),
+        );
+        if tls.verify {
+            text.push_str("  verify: true\n");
+        }
+        // The default (0.5 s) is tight for a debug-built client on a busy test machine.
+        text.push_str("  timeout: 2\n}\n");
+        let path = self.dir.path().join("nats-server-tls.conf");
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+/// A certificate authority of a test's own: its certificate, a server certificate for
+/// `localhost` and `127.0.0.1` and a client certificate it signed, with their keys, as PEM
+/// files in a temporary directory (removed on drop). Each is a new CA, so a second one stands
+/// for "a CA the other side does not trust".
+#[derive(Debug)]
+pub struct TestCa {
+    dir: TempDir,
+}
+
+impl TestCa {
+    /// Makes the CA and its two certificates.
+    pub fn new() -> anyhow::Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::Builder::new().prefix("fp-ca-").tempdir()?;
+        let write = |file: &str, pem: String| std::fs::write(dir.path().join(file), pem);
+
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("FinalPrice test CA {}", uuid::Uuid::new_v4()),
+        );
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        write("ca.pem", params.self_signed(&key)?.pem())?;
+        let ca = Issuer::new(params, key);
+
+        for (name, names, usage) in [
+            (
+                "server",
+                vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            ("client", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth),
+        ] {
+            let mut params = CertificateParams::new(names)?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("FinalPrice test {name}"));
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate()?;
+            write(&format!("{name}.pem"), params.signed_by(&key, &ca)?.pem())?;
+            write(&format!("{name}-key.pem"), key.serialize_pem())?;
+        }
+        Ok(Self { dir })
+    }
+
+    /// The CA's certificate (PEM): what a client trusts (`nats.tls.ca_file`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The server's certificate, for `localhost` and `127.0.0.1`.
+    pub fn server_cert_file(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    pub fn server_key_file(&self) -> PathBuf {
+        self.dir.path().join("server-key.pem")
+    }
+
+    /// A client certificate (`nats.tls.cert_file`).
+    pub fn client_cert_file(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+
+    /// Its key (`nats.tls.key_file`).
+    pub fn client_key_file(&self) -> PathBuf {
+        self.dir.path().join("client-key.pem")
     }
 }
 
