@@ -49,11 +49,52 @@ fn state_of<Db: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<Db>) -> Pool
     }
 }
 
+/// The settings of a PostgreSQL URL (`db.url`) that name files for TLS: each must be readable
+/// when the pool opens, or the driver says only "No such file or directory" without the path.
+const TLS_FILE_PARAMETERS: [&str; 3] = ["sslrootcert", "sslcert", "sslkey"];
+
+/// Checks the TLS files a PostgreSQL `url` names, naming the one that cannot be read.
+fn check_tls_files(url: &str) -> Result<(), DbErr> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        // The driver refuses it with its own words.
+        return Ok(());
+    };
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Ok(());
+    }
+    for (name, value) in parsed.query_pairs() {
+        if TLS_FILE_PARAMETERS.contains(&name.as_ref())
+            && let Err(error) = std::fs::File::open(value.as_ref())
+        {
+            return Err(DbErr::Custom(format!(
+                "{name}={value} in db.url (DATABASE_URL): {error}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What to check when the driver's error is a refused TLS handshake: rustls' words for a
+/// certificate it does not trust, or that does not name the host.
+fn tls_hint(error: &str) -> Option<&'static str> {
+    if error.contains("NotValidForName") || error.contains("not valid for name") {
+        Some("the server's certificate does not name the host of db.url (DATABASE_URL)")
+    } else if error.contains("invalid peer certificate") {
+        Some(
+            "the server's certificate is not signed by the CA of sslrootcert (or the system's \
+             roots) in db.url (DATABASE_URL)",
+        )
+    } else {
+        None
+    }
+}
+
 /// Opens a pool sized and tuned for the configured backend.
 pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
     let busy_timeout = config.acquire_timeout;
     let password = finalprice_shared::config::secret("", &config.password_file)
         .map_err(|error| DbErr::Custom(format!("cannot read db.password_file: {error}")))?;
+    check_tls_files(&config.url)?;
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(config.max_connections)
@@ -85,6 +126,8 @@ pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
         if text.contains(&config.url) {
             let shown = finalprice_shared::config::redact_url_password(&config.url);
             DbErr::Custom(text.replace(&config.url, &shown))
+        } else if let Some(hint) = tls_hint(&text) {
+            DbErr::Custom(format!("{hint}: {text}"))
         } else {
             error
         }

@@ -2,7 +2,8 @@
 //! with certificates each test makes: the services' client trusts the CA it is given and no
 //! other, presents a client certificate to a server that asks for one, names the setting to
 //! check when a certificate is refused or a file cannot be used, and a real front and worker
-//! take an order over TLS configured by environment variables alone.
+//! take an order over TLS configured by environment variables alone. And the worker's hop to
+//! PostgreSQL: TLS by `sslmode` in `DATABASE_URL`, trusting only the CA of `sslrootcert`.
 
 use std::time::Duration;
 
@@ -249,6 +250,111 @@ async fn a_front_and_a_worker_take_an_order_over_tls_set_by_environment_variable
     let log = wrong_front.log();
     assert!(
         log.contains("check nats.tls.ca_file (FINALPRICE_NATS__TLS__CA_FILE)"),
+        "{log}"
+    );
+}
+
+/// `finalprice-worker migrate` against `url`: whether it succeeded, and what it logged.
+fn migrate(url: &str) -> (bool, String) {
+    let output = finalprice_testkit::clean_command(
+        &finalprice_testkit::binary("finalprice-worker").expect("built"),
+    )
+    .arg("migrate")
+    .env("DATABASE_URL", url)
+    .output()
+    .expect("finalprice-worker runs");
+    let mut log = String::from_utf8_lossy(&output.stdout).into_owned();
+    log.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), log)
+}
+
+/// One value of `SHOW setting` on `db`.
+async fn show(db: &sea_orm::DatabaseConnection, setting: &str) -> String {
+    use sea_orm::ConnectionTrait as _;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!("SHOW {setting}"),
+        ))
+        .await
+        .expect("SHOW")
+        .expect("a row");
+    row.try_get_by_index::<String>(0).expect("text")
+}
+
+#[tokio::test]
+async fn postgresql_over_tls_trusts_only_the_ca_of_sslrootcert_and_names_it_when_refused() {
+    let db = TestDb::new(Backend::Postgres).await.expect("database");
+    let admin = db.connect().await.expect("connect");
+    assert_eq!(
+        show(&admin, "ssl").await,
+        "on",
+        "the test PostgreSQL must offer TLS (Debian's and Ubuntu's clusters do: ssl = on)"
+    );
+    let url = db.url().to_owned();
+    let with = |query: &str| {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}{query}")
+    };
+
+    // TLS asked for and used: the pool's own session says so.
+    let mut config = Config::from_figment(&Config::figment(None))
+        .expect("defaults")
+        .db;
+    config.url = with("sslmode=require");
+    config.max_connections = 1;
+    let pool = finalprice_db::connect(&config).await.expect("TLS session");
+    {
+        use sea_orm::ConnectionTrait as _;
+        let row = pool
+            .query_one_raw(sea_orm::Statement::from_string(
+                pool.get_database_backend(),
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ))
+            .await
+            .expect("pg_stat_ssl")
+            .expect("a row");
+        assert!(row.try_get_by_index::<bool>(0).expect("bool"), "not TLS");
+    }
+
+    // The server's own certificate as the CA: trusted, the real binary migrates.
+    let server_certificate = show(&admin, "ssl_cert_file").await;
+    assert!(
+        std::path::Path::new(&server_certificate).is_file(),
+        "{server_certificate}"
+    );
+    let (ok, log) = migrate(&with(&format!(
+        "sslmode=verify-ca&sslrootcert={server_certificate}"
+    )));
+    assert!(ok, "{log}");
+
+    // Another CA: refused, and the message says what to check.
+    let other = TestCa::new().expect("CA");
+    let (ok, log) = migrate(&with(&format!(
+        "sslmode=verify-ca&sslrootcert={}",
+        other.ca_file().display()
+    )));
+    assert!(
+        !ok,
+        "a server certificate of another CA was trusted:\n{log}"
+    );
+    assert!(
+        log.contains("not signed by the CA of sslrootcert") && log.contains("DATABASE_URL"),
+        "{log}"
+    );
+
+    // A CA file that is not there: named before any connection.
+    let missing = other.ca_file().with_file_name("missing-ca.pem");
+    let (ok, log) = migrate(&with(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        missing.display()
+    )));
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains(&format!(
+            "sslrootcert={} in db.url (DATABASE_URL): No such file",
+            missing.display()
+        )),
         "{log}"
     );
 }
