@@ -125,7 +125,7 @@ traces:
     if [ -z "$id" ]; then echo "no order trace in Jaeger at $jaeger in the last hour" >&2; exit 1; fi
     echo "$jaeger/trace/$id"
 
-# Compose: build the images and start the whole stack (writes .env with fresh random secrets when there is none)
+# Compose: build the images and start the whole stack (writes .env with fresh random secrets, and the edge's certificate with `certs`, when there are none)
 [group('compose')]
 dc-up:
     #!/usr/bin/env bash
@@ -149,8 +149,15 @@ dc-up:
     if [ ${#added[@]} -gt 0 ]; then
       echo "dc-up: wrote new random ${added[*]} into .env (kept for every later dc-up; readable by you only)"
     fi
+    # The edge's HTTPS certificate (.run/certs): made when missing, renewed when it nears its end.
+    scripts/certs
     {{compose}} up -d --build
-    echo "dc-up: the form is on http://localhost:8080/; Grafana on http://127.0.0.1:3000/ (admin, GRAFANA_ADMIN_PASSWORD in .env)"
+    echo "dc-up: the form is on https://localhost:8443/ (http://localhost:8080/ redirects there; trust the CA .run/certs/ca.crt, e.g. curl --cacert .run/certs/ca.crt); Grafana on http://127.0.0.1:3000/ (admin, GRAFANA_ADMIN_PASSWORD in .env)"
+
+# Compose: the edge's HTTPS certificate for localhost and 127.0.0.1 and its local CA, in .run/certs or `just certs DIR`; kept if there, `--force` (or FORCE=1) makes new ones
+[group('compose')]
+certs *args:
+    @scripts/certs "$@"
 
 # Compose: stop the stack (volumes are kept)
 [group('compose')]

@@ -766,6 +766,7 @@ fn every_operator_recipe_is_listed_with_its_help_line() {
         "dc-status",
         "dc-lint",
         "dc-nats",
+        "certs",
     ] {
         let line = list
             .lines()
@@ -786,13 +787,20 @@ fn compose() -> std::process::Command {
     command
 }
 
+/// The secrets compose.yaml requires (.env.example).
+const COMPOSE_SECRETS: [&str; 5] = [
+    "NATS_FRONT_PASSWORD",
+    "NATS_WORKER_PASSWORD",
+    "NATS_OPERATOR_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+];
+
 #[test]
 fn docker_compose_accepts_compose_yaml() {
     let output = compose()
         .args(["-f", "compose.yaml", "config", "-q"])
-        .env("NATS_PASSWORD", "test")
-        .env("POSTGRES_PASSWORD", "test")
-        .env("GRAFANA_ADMIN_PASSWORD", "test")
+        .envs(COMPOSE_SECRETS.map(|name| (name, "test")))
         .output()
         .expect("compose runs");
     assert!(
@@ -801,16 +809,130 @@ fn docker_compose_accepts_compose_yaml() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let unset = compose()
-        .args(["-f", "compose.yaml", "config", "-q"])
-        .env_remove("NATS_PASSWORD")
-        .env_remove("POSTGRES_PASSWORD")
-        .env_remove("GRAFANA_ADMIN_PASSWORD")
-        .output()
-        .expect("compose runs");
+    let mut unset = compose();
+    unset.args(["-f", "compose.yaml", "config", "-q"]);
+    for name in COMPOSE_SECRETS {
+        unset.env_remove(name);
+    }
+    let unset = unset.output().expect("compose runs");
     assert!(
         !unset.status.success(),
         "secrets are required, never defaulted"
+    );
+}
+
+/// What `just certs DIR` makes for the compose edge (deploy/nginx.conf): a certificate that
+/// verifies against the CA beside it for localhost and for 127.0.0.1, for 30 days more at least,
+/// with its own key; keys only their owner may read; run again, it keeps them, and `--force`
+/// makes new ones.
+#[test]
+fn compose_edge_certificate_from_just_certs_verifies_against_its_ca_for_localhost_and_127_0_0_1() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("certs");
+    let just = finalprice_testkit::tool("just").expect("just");
+    let certs = |extra: &[&str]| {
+        let output = std::process::Command::new(&just)
+            .arg("--justfile")
+            .arg(repository().join("justfile"))
+            .arg("certs")
+            .args(extra)
+            .arg(&dir)
+            .env_remove("FORCE")
+            .output()
+            .expect("just runs");
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{printed}{stderr}");
+        printed
+    };
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        let said = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), said)
+    };
+    let path = |name: &str| dir.join(name).to_str().expect("UTF-8").to_owned();
+    let (ca, certificate, key) = (path("ca.crt"), path("edge/tls.crt"), path("edge/tls.key"));
+
+    let printed = certs(&[]);
+    assert!(
+        printed.contains(&format!("curl --cacert {ca} https://localhost:8443/")),
+        "how to trust the CA is not printed:\n{printed}"
+    );
+    for check in [
+        ["-verify_hostname", "localhost"],
+        ["-verify_ip", "127.0.0.1"],
+    ] {
+        let (verified, said) =
+            openssl(&["verify", "-CAfile", &ca, check[0], check[1], &certificate]);
+        assert!(verified && said.contains(": OK"), "{check:?}: {said}");
+    }
+    let (verified, said) = openssl(&[
+        "verify",
+        "-CAfile",
+        &ca,
+        "-verify_hostname",
+        "example.com",
+        &certificate,
+    ]);
+    assert!(!verified, "verifies for a name it was not made for: {said}");
+    let (read, names) = openssl(&[
+        "x509",
+        "-in",
+        &certificate,
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(
+        read && names.contains("DNS:localhost") && names.contains("IP Address:127.0.0.1"),
+        "{names}"
+    );
+    let thirty_days = (30 * 24 * 3600).to_string();
+    let (lasts, said) = openssl(&[
+        "x509",
+        "-in",
+        &certificate,
+        "-noout",
+        "-checkend",
+        &thirty_days,
+    ]);
+    assert!(lasts, "expires within 30 days: {said}");
+    let (_, certificate_public_key) = openssl(&["x509", "-in", &certificate, "-noout", "-pubkey"]);
+    let (_, key_public_key) = openssl(&["pkey", "-in", &key, "-pubout"]);
+    assert!(
+        certificate_public_key.contains("BEGIN PUBLIC KEY"),
+        "{certificate_public_key}"
+    );
+    assert_eq!(
+        certificate_public_key, key_public_key,
+        "the key is not the certificate's"
+    );
+    for secret in [path("ca.key"), key] {
+        let mode = std::fs::metadata(&secret)
+            .expect("the key is there")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret} is {:o}", mode & 0o777);
+    }
+
+    let made = std::fs::read(&certificate).expect("the certificate");
+    certs(&[]);
+    assert_eq!(
+        std::fs::read(&certificate).expect("the certificate"),
+        made,
+        "not kept"
+    );
+    certs(&["--force"]);
+    assert_ne!(
+        std::fs::read(&certificate).expect("the certificate"),
+        made,
+        "--force kept it"
     );
 }
 
