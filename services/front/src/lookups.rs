@@ -4,6 +4,11 @@
 //! their own on looks at once (503 before any NATS work past it), the answers that cannot
 //! change (accepted) kept by the front, and one look per id at a time whose other answers
 //! (being saved, unknown) are shared for a second.
+//!
+//! Only looks fill the cache, not the front's own confirmations: inserting every accepted
+//! order cost the order path 8–24 µs of front CPU per order (43 → 51–68 ms per 1,000, and
+//! 7,200 → 5,000 orders/s once the cache was full and evicting), for a page whose one look
+//! costs the same as before.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -87,17 +92,6 @@ impl Lookups {
         };
         self.answers.try_get_with(id, look).await
     }
-
-    /// This front was told order `id` is committed: its page, usually asked for next, needs
-    /// no look.
-    pub async fn accepted(&self, id: Uuid, phone_masked: String) {
-        let reply = StatusReply {
-            id,
-            state: OrderState::Accepted,
-            phone_masked: Some(phone_masked),
-        };
-        self.answers.insert(id, reply).await;
-    }
 }
 
 /// Each answer is kept for as long as it stays true.
@@ -118,8 +112,7 @@ impl Expiry<Uuid, StatusReply> for ByState {
         Some(Self::keep(reply))
     }
 
-    // An answer replaced (a look's "being saved" by this front's own "accepted") is kept as
-    // long as the new one stays true.
+    // An answer replaced is kept as long as the new one stays true.
     fn expire_after_update(
         &self,
         _: &Uuid,

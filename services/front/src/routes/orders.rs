@@ -139,9 +139,6 @@ async fn create_order(
             error,
         })?;
     tracing::debug!(order_id = %order.id, outcome = ?outcome, "order submitted");
-    if outcome == Submitted::Accepted {
-        state.lookups.accepted(order.id, order.phone.masked()).await;
-    }
     Ok((order.id, outcome))
 }
 

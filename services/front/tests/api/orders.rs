@@ -249,6 +249,9 @@ async fn with_nats_down_nothing_is_queued_for_later_and_the_front_still_stops() 
     assert_eq!(placed.status(), 201);
     let known: serde_json::Value = placed.json().await.expect("a JSON body");
     let known = known["id"].as_str().expect("an id").to_owned();
+    // Looked up once while NATS is there: an accepted answer cannot change, so the front keeps it.
+    let (status, body) = app.get_json(&format!("/orders/{known}")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
     app.kill_nats().await;
 
     let refused = app.burst(500, 64, 9_100_000_000).await;
@@ -262,7 +265,8 @@ async fn with_nats_down_nothing_is_queued_for_later_and_the_front_still_stops() 
         "{metrics}"
     );
     // Answered, never a hang: the test client gives up (and fails the test) after 20 s. An
-    // order this front saw accepted stays accepted, NATS or not; of any other it cannot tell.
+    // order this front has seen accepted stays accepted, NATS or not; of any other it cannot
+    // tell.
     let (status, body) = app.get_json(&format!("/orders/{known}")).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
     let (status, body) = app.get_json(&format!("/orders/{}", Uuid::now_v7())).await;
