@@ -2,8 +2,10 @@
 //! render with kustomize, every resource passes the Kubernetes schemas of a current release
 //! (kubernetes-validate, strict: an unknown field fails), and what the schemas cannot say holds
 //! too: no pod gets Service-link variables, the stop fits the grace period, probes and
-//! resources are set, and KEDA scales the workers on the consumer the services use.
+//! resources are set, KEDA scales the workers on the consumer the services use, and the NATS
+//! chart's users may do what `nats/nats-server-auth.conf` lets them, no more.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
 use finalprice_testkit::{repository, tool};
@@ -175,4 +177,117 @@ fn keda_scales_the_workers_on_the_consumer_the_services_define() {
     assert!(scaled.contains(&format!("stream: {stream}")), "{scaled}");
     assert!(scaled.contains("name: finalprice-worker"), "{scaled}");
     assert!(number(&scaled, "minReplicaCount:") >= 1);
+}
+
+/// What one user may do: the subjects it may publish to, those it may subscribe to, and
+/// whether it may answer requests made of it.
+#[derive(Debug, PartialEq, Eq)]
+struct Permissions {
+    publish: BTreeSet<String>,
+    subscribe: BTreeSet<String>,
+    allow_responses: bool,
+}
+
+/// Every double-quoted string in `text`.
+fn quoted(text: &str) -> BTreeSet<String> {
+    text.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The text of the `{ … }` block that starts at the first `{` after `from` in `text`.
+fn block<'t>(text: &'t str, from: &str) -> &'t str {
+    let start = text.find(from).unwrap_or_else(|| panic!("no {from}"));
+    let open = start + text[start..].find('{').expect("a block");
+    let mut depth = 0;
+    for (at, c) in text[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[open..=open + at];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("{from}: unclosed block")
+}
+
+/// `role`'s permissions as nats/nats-server-auth.conf gives them (`FRONT = { publish = {…}
+/// subscribe = {…} allow_responses = true }`).
+fn permissions_in_conf(conf: &str, role: &str) -> Permissions {
+    let role = block(conf, &format!("{role} = {{"));
+    Permissions {
+        publish: quoted(block(role, "publish =")),
+        subscribe: quoted(block(role, "subscribe =")),
+        allow_responses: role.contains("allow_responses = true"),
+    }
+}
+
+/// `user`'s permissions as the NATS chart's values give them (`- user: front … publish: …
+/// subscribe: … allow_responses: true`, up to the next user).
+fn permissions_in_values(values: &str, user: &str) -> Permissions {
+    let start = values
+        .find(&format!("- user: {user}\n"))
+        .unwrap_or_else(|| panic!("no user {user} in the chart's values"));
+    let rest = &values[start + 1..];
+    let entry = &rest[..rest
+        .find("- user: ")
+        .or_else(|| rest.find("\ncontainer:"))
+        .unwrap_or(rest.len())];
+    let publish = entry.find("publish:").expect("publish");
+    let subscribe = entry.find("subscribe:").expect("subscribe");
+    let end = entry.find("allow_responses").unwrap_or(entry.len());
+    Permissions {
+        publish: quoted(&entry[publish..subscribe]),
+        subscribe: quoted(&entry[subscribe..end]),
+        allow_responses: entry.contains("allow_responses: true"),
+    }
+}
+
+#[test]
+fn the_nats_chart_gives_each_user_what_nats_server_auth_conf_gives_it() {
+    let conf = std::fs::read_to_string(repository().join("nats/nats-server-auth.conf"))
+        .expect("nats-server-auth.conf");
+    let values = std::fs::read_to_string(repository().join("deploy/kubernetes/nats-values.yaml"))
+        .expect("nats-values.yaml");
+    for (role, user) in [
+        ("FRONT", "front"),
+        ("WORKER", "worker"),
+        ("OPERATOR", "operator"),
+    ] {
+        let shipped = permissions_in_conf(&conf, role);
+        assert!(shipped.publish.len() >= 3, "{role}: {shipped:?}");
+        assert_eq!(
+            permissions_in_values(&values, user),
+            shipped,
+            "{user}: deploy/kubernetes/nats-values.yaml and nats/nats-server-auth.conf differ"
+        );
+        assert!(
+            values.contains(&format!("password: << $NATS_{role}_PASSWORD >>"))
+                && values.contains(&format!("key: {user}-password")),
+            "{user}'s password comes from the Secret finalprice-nats"
+        );
+    }
+    // The Deployments log in as the users the chart defines, from the same Secret.
+    let rendered = render("deploy/kubernetes/overlays/production");
+    for (name, user) in [
+        ("finalprice-front", "front"),
+        ("finalprice-worker", "worker"),
+    ] {
+        let pod = documents(&rendered)
+            .into_iter()
+            .find(|(kind, doc_name, _)| kind == "Deployment" && doc_name == name)
+            .unwrap_or_else(|| panic!("Deployment {name}"))
+            .2;
+        assert!(
+            pod.contains(&format!("value: {user}"))
+                && pod.contains(&format!("key: {user}-password")),
+            "{name} logs in as {user}:\n{pod}"
+        );
+    }
 }
