@@ -1,20 +1,25 @@
 //! Logging and tracing for both services, set up once: `RUST_LOG`-filtered logs (pretty or JSON)
 //! and, when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, spans exported over OTLP, chosen by
 //! `log.trace_filter` and the sampler, never by `RUST_LOG`; a JSON log line written inside an
-//! exported span names its `trace_id` and `span_id`.
+//! exported span names its `trace_id` and `span_id`. An `https://` collector is reached over
+//! TLS (rustls, ring) trusting the system's roots or `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`.
 
 pub mod nats;
 
 use std::fmt::Write as _;
 use std::io::IsTerminal as _;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Key, KeyValue};
+use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::{EnvResourceDetector, ResourceDetector as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{mpsc, oneshot};
 use tracing_subscriber::filter::{FilterExt, ParseError, filter_fn};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{Format, FormatEvent, FormatFields, Json, Writer};
@@ -39,6 +44,32 @@ pub enum TelemetryError {
         variable: &'static str,
         value: String,
     },
+    #[error("cannot read {variable}={path}")]
+    TlsFile {
+        variable: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{variable}={path} holds no PEM {what}")]
+    TlsPem {
+        variable: &'static str,
+        path: String,
+        what: &'static str,
+    },
+    #[error("{set} is set without {missing}")]
+    TlsIncomplete {
+        set: &'static str,
+        missing: &'static str,
+    },
+    #[error(
+        "the system's certificate store holds no usable root; name the collector's CA in {CERTIFICATE}"
+    )]
+    NoRoots,
+    #[error("cannot set up TLS to the collector")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot start the OTLP/HTTPS client's thread")]
+    HttpsThread(#[source] std::io::Error),
     #[error("log.trace_filter is not a filter")]
     TraceFilter(#[from] ParseError),
     #[error("a global tracing subscriber is already installed")]
@@ -148,24 +179,345 @@ fn otlp_requested() -> bool {
 /// The OTLP span exporter for `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`: `grpc` (the default,
 /// port 4317) or `http/protobuf` (port 4318; `/v1/traces` is appended to the endpoint). The
 /// builders read `OTEL_EXPORTER_OTLP_ENDPOINT`, `_TIMEOUT`, `_HEADERS` themselves; the provider
-/// reads `OTEL_TRACES_SAMPLER(_ARG)` and the batch processor `OTEL_BSP_*`.
+/// reads `OTEL_TRACES_SAMPLER(_ARG)` and the batch processor `OTEL_BSP_*`. For an `https://`
+/// endpoint the TLS variables are read here (see [`CollectorTls`]): the crate reads none of them.
 fn span_exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-    let (variable, value) = [
+    use opentelemetry_otlp::{
+        Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    };
+    let (variable, value) = first_set([
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ]
-    .into_iter()
-    .find_map(|name| std::env::var(name).ok().map(|value| (name, value)))
+    ])
     .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()));
     match value.trim() {
-        "grpc" => Ok(SpanExporter::builder().with_tonic().build()?),
-        "http/protobuf" => Ok(SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .build()?),
+        "grpc" => {
+            let builder = SpanExporter::builder().with_tonic();
+            // Left to the crate for http://, as before: a TLS setup there would change nothing
+            // but what a start costs.
+            Ok(if endpoint_is_https(true) {
+                builder.with_tls_config(CollectorTls::from_env()?.tonic())
+            } else {
+                builder
+            }
+            .build()?)
+        }
+        "http/protobuf" => {
+            let builder = SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary);
+            Ok(if endpoint_is_https(false) {
+                let client = HttpsClient::start(CollectorTls::from_env()?.rustls()?, timeout())?;
+                builder.with_http_client(client)
+            } else {
+                builder
+            }
+            .build()?)
+        }
         _ => Err(TelemetryError::Protocol { variable, value }),
     }
+}
+
+/// The first of the two variables (the signal's own first) set to something not blank.
+fn first_set(names: [&'static str; 2]) -> Option<(&'static str, String)> {
+    names.into_iter().find_map(|name| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| (name, value))
+    })
+}
+
+/// Whether the exporter will dial the collector over TLS: an `https://` endpoint, or, for gRPC,
+/// one without a scheme unless `OTEL_EXPORTER_OTLP_INSECURE` (the crate makes that `https://`).
+fn endpoint_is_https(grpc: bool) -> bool {
+    let Some((_, endpoint)) = first_set([
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]) else {
+        return false;
+    };
+    match endpoint.trim().split_once("://") {
+        Some((scheme, _)) if !scheme.contains(['/', '?', '#']) => {
+            scheme.eq_ignore_ascii_case("https")
+        }
+        _ => {
+            grpc && !first_set([
+                "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+                "OTEL_EXPORTER_OTLP_INSECURE",
+            ])
+            .is_some_and(|(_, value)| value.trim().eq_ignore_ascii_case("true"))
+        }
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` in milliseconds, 10 s by default, as the crate reads
+/// it: a client of our own must keep to it too.
+fn timeout() -> std::time::Duration {
+    first_set([
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ])
+    .and_then(|(_, value)| value.trim().parse().ok())
+    .map_or(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis,
+    )
+}
+
+const CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+const CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+const CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
+
+/// A PEM file named by a variable, read and checked at start: a CA that cannot be used must
+/// stop the service, not leave it exporting nothing.
+#[derive(Debug)]
+struct PemFile(Vec<u8>);
+
+impl PemFile {
+    /// The file named by the first of `names` that is set.
+    fn from_env(names: [&'static str; 2]) -> Result<Option<Self>, TelemetryError> {
+        first_set(names)
+            .map(|(variable, path)| Self::read(variable, path))
+            .transpose()
+    }
+
+    /// The file at `path`, named by `variable` in what goes wrong.
+    fn read(variable: &'static str, path: String) -> Result<Self, TelemetryError> {
+        let pem = std::fs::read(path.trim()).map_err(|source| TelemetryError::TlsFile {
+            variable,
+            path: path.clone(),
+            source,
+        })?;
+        let file = Self(pem);
+        let what = if variable.ends_with("_KEY") {
+            file.key().map(|_| ()).ok_or("private key")
+        } else if file.certificates().is_empty() {
+            Err("certificate")
+        } else {
+            Ok(())
+        };
+        what.map(|()| file).map_err(|what| TelemetryError::TlsPem {
+            variable,
+            path,
+            what,
+        })
+    }
+
+    fn certificates(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(&self.0)
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    fn key(&self) -> Option<PrivateKeyDer<'static>> {
+        PrivateKeyDer::from_pem_slice(&self.0).ok()
+    }
+}
+
+/// TLS to an `https://` collector, from the OpenTelemetry variables (the signal's own first):
+/// `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, trusted instead of the system's roots, and
+/// `OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_CERTIFICATE` with `_CLIENT_KEY` for a collector that
+/// asks for a client certificate.
+#[derive(Debug)]
+struct CollectorTls {
+    ca: Option<PemFile>,
+    identity: Option<(PemFile, PemFile)>,
+}
+
+impl CollectorTls {
+    fn from_env() -> Result<Self, TelemetryError> {
+        let ca = PemFile::from_env(["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", CERTIFICATE])?;
+        let certificate = PemFile::from_env([
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            CLIENT_CERTIFICATE,
+        ])?;
+        let key = PemFile::from_env(["OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", CLIENT_KEY])?;
+        let identity = match (certificate, key) {
+            (Some(certificate), Some(key)) => Some((certificate, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(TelemetryError::TlsIncomplete {
+                    set: CLIENT_CERTIFICATE,
+                    missing: CLIENT_KEY,
+                });
+            }
+            (None, Some(_)) => {
+                return Err(TelemetryError::TlsIncomplete {
+                    set: CLIENT_KEY,
+                    missing: CLIENT_CERTIFICATE,
+                });
+            }
+        };
+        Ok(Self { ca, identity })
+    }
+
+    /// For the gRPC exporter; tonic uses ring, as async-nats does.
+    fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let config = match &self.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.0)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        match &self.identity {
+            Some((certificate, key)) => config.identity(Identity::from_pem(&certificate.0, &key.0)),
+            None => config,
+        }
+    }
+
+    /// For [`HttpsClient`].
+    fn rustls(&self) -> Result<rustls::ClientConfig, TelemetryError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                roots.add_parsable_certificates(ca.certificates());
+            }
+            None => {
+                // Unreadable entries are skipped, as tonic does: one bad file in
+                // /etc/ssl/certs must not cost the rest.
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+        }
+        if roots.is_empty() {
+            return Err(TelemetryError::NoRoots);
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+        let mut config = match &self.identity {
+            Some((certificate, key)) => builder.with_client_auth_cert(
+                certificate.certificates(),
+                key.key().ok_or(rustls::Error::NoCertificatesPresented)?,
+            )?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// One export handed to [`HttpsClient`]'s thread, and where its answer goes.
+type Exchange = (
+    http::Request<bytes::Bytes>,
+    oneshot::Sender<Result<http::Response<bytes::Bytes>, HttpError>>,
+);
+
+/// The OTLP/HTTP exporter's client for an `https://` collector: HTTP/1.1 over rustls with ring,
+/// one connection per export (a batch every few seconds at most).
+///
+/// The crate's own HTTPS client would be reqwest's, whose rustls features bring aws-lc-rs;
+/// rustls with both providers would then make every `ClientConfig::builder()` in the process
+/// choose. The batch processor runs exports on a thread of its own without Tokio, so the
+/// connections are driven by a current-thread runtime on a thread of ours, which also outlives
+/// the service's runtime for the flush at exit.
+#[derive(Debug)]
+struct HttpsClient {
+    exports: mpsc::UnboundedSender<Exchange>,
+}
+
+impl HttpsClient {
+    fn start(
+        config: rustls::ClientConfig,
+        timeout: std::time::Duration,
+    ) -> Result<Self, TelemetryError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(TelemetryError::HttpsThread)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let (exports, mut queue) = mpsc::unbounded_channel::<Exchange>();
+        std::thread::Builder::new()
+            .name("otlp-https".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    while let Some((request, reply)) = queue.recv().await {
+                        let answer = tokio::time::timeout(timeout, post(&connector, request))
+                            .await
+                            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}").into()));
+                        // Said here: the SDK's own report of a failed export is compiled out
+                        // (no `internal-logs`), and a refused certificate must show somewhere.
+                        if let Err(error) = &answer {
+                            tracing::warn!(error = %chain(error.as_ref()), "exporting spans to the collector failed");
+                        }
+                        let _ = reply.send(answer);
+                    }
+                });
+            })
+            .map_err(TelemetryError::HttpsThread)?;
+        Ok(Self { exports })
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for HttpsClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, HttpError> {
+        let (reply, answer) = oneshot::channel();
+        self.exports
+            .send((request, reply))
+            .map_err(|_| "the OTLP/HTTPS client's thread has stopped")?;
+        answer
+            .await
+            .map_err(|_| "the OTLP/HTTPS client's thread has stopped")?
+    }
+}
+
+/// The largest answer read from the collector, as the crate's clients cap it.
+const MAX_ANSWER: usize = 4 << 20;
+
+/// One export: connect, TLS, the request in origin form with its `Host`, the whole answer.
+async fn post(
+    connector: &tokio_rustls::TlsConnector,
+    request: http::Request<bytes::Bytes>,
+) -> Result<http::Response<bytes::Bytes>, HttpError> {
+    use http_body_util::{BodyExt as _, Full, Limited};
+    let (mut parts, body) = request.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .ok_or("the collector's endpoint names no host")?
+        .clone();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(443);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let tls = connector.connect(name, tcp).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(connection);
+    parts
+        .headers
+        .entry(http::header::HOST)
+        .or_insert(http::HeaderValue::from_str(authority.as_str())?);
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |path| path.as_str())
+        .parse()?;
+    let answer = sender
+        .send_request(http::Request::from_parts(parts, Full::new(body)))
+        .await?;
+    let (parts, body) = answer.into_parts();
+    let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
+    Ok(http::Response::from_parts(parts, body))
+}
+
+/// An error and its causes on one line: rustls's reason is a cause or two down.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let _ = write!(text, ": {error}");
+        cause = error.source();
+    }
+    text
 }
 
 /// Installs the global subscriber and, if asked for by `OTEL_*`, the OTLP span pipeline.
@@ -203,7 +555,21 @@ pub fn init(
     let mut layers = vec![fmt];
 
     let provider = if otlp_requested() {
-        let exporter = span_exporter()?;
+        let exporter = match span_exporter() {
+            Ok(exporter) => exporter,
+            Err(error) => {
+                // Logs work without export: the caller only sees a failed start, so the reason
+                // (which variable, which file) is said here.
+                if tracing_subscriber::registry()
+                    .with(layers)
+                    .try_init()
+                    .is_ok()
+                {
+                    tracing::error!(error = %chain(&error), "cannot set up span export");
+                }
+                return Err(error);
+            }
+        };
         let mut resource = Resource::builder();
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(service_name);
@@ -342,6 +708,26 @@ mod tests {
         assert!(spans.is_empty());
         assert!(!lines[1].contains("trace_id"), "{}", lines[1]);
         assert!(lines[1].contains(r#""message":"inside""#), "{}", lines[1]);
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_or_holds_no_certificate_names_its_variable() {
+        let missing =
+            PemFile::read(CERTIFICATE, "/nonexistent/ca.pem".to_owned()).expect_err("no such file");
+        assert_eq!(
+            missing.to_string(),
+            "cannot read OTEL_EXPORTER_OTLP_CERTIFICATE=/nonexistent/ca.pem"
+        );
+        let not_pem = PemFile::read(CERTIFICATE, "Cargo.toml".to_owned()).expect_err("not PEM");
+        assert_eq!(
+            not_pem.to_string(),
+            "OTEL_EXPORTER_OTLP_CERTIFICATE=Cargo.toml holds no PEM certificate"
+        );
+        let no_key = PemFile::read(CLIENT_KEY, "Cargo.toml".to_owned()).expect_err("not a key");
+        assert!(
+            no_key.to_string().ends_with("holds no PEM private key"),
+            "{no_key}"
+        );
     }
 
     #[test]
