@@ -16,6 +16,7 @@ pub mod migrations;
 use finalprice_shared::config::DbConfig;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, EntityName as _};
 use sea_orm_migration::SchemaManager;
+use secrecy::ExposeSecret as _;
 
 pub use migrations::Migrator;
 
@@ -92,8 +93,8 @@ fn tls_hint(error: &str) -> Option<&'static str> {
 /// Opens a pool sized and tuned for the configured backend.
 pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
     let busy_timeout = config.acquire_timeout;
-    let password = finalprice_shared::config::secret("", &config.password_file)
-        .map_err(|error| DbErr::Custom(format!("cannot read db.password_file: {error}")))?;
+    // Read from `db.password_file` when the configuration loaded.
+    let password = config.password.clone();
     check_tls_files(&config.url)?;
     let mut options = ConnectOptions::new(config.url.clone());
     options
@@ -115,7 +116,7 @@ pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbErr> {
         .map_sqlx_postgres_opts(move |postgres| {
             let postgres = postgres.application_name("finalprice");
             match &password {
-                Some(password) => postgres.password(password),
+                Some(password) => postgres.password(password.expose_secret()),
                 None => postgres,
             }
         });

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 use crate::domain::Country;
@@ -33,6 +34,13 @@ pub enum ConfigError {
     /// A value has the right type but is outside what the services can work with.
     #[error("configuration: `{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
+    /// A file a setting names cannot be read.
+    #[error("configuration: {setting} ({}): {}: {source}", env_var(setting), path.display())]
+    File {
+        setting: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Everything both services read at start-up.
@@ -51,19 +59,34 @@ pub struct Config {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// One server, or several separated by commas (see [`NatsConfig::servers`]).
+    /// One server, or several separated by commas (see [`NatsConfig::servers`]). May hold a
+    /// password: never printed whole (see the `Debug` impl).
     pub url: String,
-    /// User and password authentication; the password may come from `password_file`.
-    pub user: String,
-    pub password: String,
-    pub password_file: String,
-    /// Token authentication; the token may come from `token_file`.
-    pub token: String,
-    pub token_file: String,
+    /// The name this process logs in as with a password, and the name of its inboxes (see
+    /// [`crate::nats::inbox_prefix`]) with any login but a token: nkey, creds and no-auth users
+    /// have permissions of their own too.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub user: Option<String>,
+    /// How this process proves who it is: resolved from the credential settings below, their
+    /// files read, when the configuration loads.
+    #[serde(skip)]
+    pub auth: NatsAuth,
+    // The credential settings as given, read only by `NatsConfig::resolve_auth`: `auth` is
+    // what is used, and the secrets are moved there.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    password: Option<SecretString>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    password_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    token: Option<SecretString>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    token_file: Option<PathBuf>,
     /// An nkey seed file (`SU…`).
-    pub nkey_seed_file: String,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    nkey_seed_file: Option<PathBuf>,
     /// A `.creds` file (user JWT and nkey seed).
-    pub creds_file: String,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    creds_file: Option<PathBuf>,
     /// Empty means "the service's own name".
     pub client_name: String,
     #[serde(with = "humantime_serde")]
@@ -130,38 +153,90 @@ impl NatsTlsConfig {
     }
 }
 
-/// An empty value as no value: `FINALPRICE_NATS__TLS__CA_FILE=` in an env file or a compose
-/// `${VAR:-}` means "none", not a file named "".
-fn empty_as_none<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<PathBuf>, D::Error> {
-    let path: Option<PathBuf> = Option::deserialize(deserializer)?;
-    Ok(path.filter(|path| !path.as_os_str().is_empty()))
+/// An empty value as no value: `FINALPRICE_NATS__TLS__CA_FILE=` or `FINALPRICE_NATS__PASSWORD=`
+/// in an env file or a compose `${VAR:-}` means "none", not a file named "" or an empty password.
+fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
+    let value: Option<String> = Option::deserialize(deserializer)?;
+    Ok(value.filter(|value| !value.is_empty()).map(T::from))
 }
 
-/// Secrets shown as set or not, never their value.
+/// How a service logs in to nats-server (TLS client certificates are in `nats.tls`). One way
+/// at most: settings naming two are refused when the configuration loads.
+#[derive(Debug, Clone, Default)]
+pub enum NatsAuth {
+    /// No credentials (a server without authorization, or one with a `no_auth_user`).
+    #[default]
+    None,
+    /// `nats.user` with `nats.password` or the contents of `nats.password_file`.
+    UserPassword {
+        user: String,
+        password: SecretString,
+    },
+    /// `nats.token` or the contents of `nats.token_file`.
+    Token(SecretString),
+    /// The seed (`SU…`) in `nats.nkey_seed_file`.
+    NkeySeed(SecretString),
+    /// The contents of `nats.creds_file`: a user JWT and its nkey seed.
+    Creds(SecretString),
+}
+
+/// Secrets print as `[REDACTED]` by their type; only the URLs need help. Destructured without
+/// `..`, so that a field added later must be placed here before this compiles.
 impl fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            url,
+            user,
+            auth,
+            password,
+            password_file,
+            token,
+            token_file,
+            nkey_seed_file,
+            creds_file,
+            client_name,
+            connect_timeout,
+            request_timeout,
+            ping_interval,
+            publish_timeout,
+            envelope_max_orders,
+            envelope_max_bytes,
+            envelopes_in_flight,
+            stream_max_messages,
+            stream_max_bytes,
+            stream_replicas,
+            ack_wait,
+            tls,
+        } = self;
         f.debug_struct("NatsConfig")
-            .field("url", &redact_url_password(&self.url))
-            .field("user", &self.user)
-            .field("password", &(!self.password.is_empty()).then_some("***"))
-            .field("password_file", &self.password_file)
-            .field("token", &(!self.token.is_empty()).then_some("***"))
-            .field("token_file", &self.token_file)
-            .field("nkey_seed_file", &self.nkey_seed_file)
-            .field("creds_file", &self.creds_file)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("ping_interval", &self.ping_interval)
-            .field("publish_timeout", &self.publish_timeout)
-            .field("envelope_max_orders", &self.envelope_max_orders)
-            .field("envelope_max_bytes", &self.envelope_max_bytes)
-            .field("envelopes_in_flight", &self.envelopes_in_flight)
-            .field("stream_replicas", &self.stream_replicas)
-            // Paths, not secrets.
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
+            .field("url", &redact_url_password(url))
+            .field("user", user)
+            .field("auth", auth)
+            // Moved into `auth` at load; shown in case a hand-built configuration holds them.
+            .field("password", password)
+            .field("password_file", password_file)
+            .field("token", token)
+            .field("token_file", token_file)
+            .field("nkey_seed_file", nkey_seed_file)
+            .field("creds_file", creds_file)
+            .field("client_name", client_name)
+            .field("connect_timeout", connect_timeout)
+            .field("request_timeout", request_timeout)
+            .field("ping_interval", ping_interval)
+            .field("publish_timeout", publish_timeout)
+            .field("envelope_max_orders", envelope_max_orders)
+            .field("envelope_max_bytes", envelope_max_bytes)
+            .field("envelopes_in_flight", envelopes_in_flight)
+            .field("stream_max_messages", stream_max_messages)
+            .field("stream_max_bytes", stream_max_bytes)
+            .field("stream_replicas", stream_replicas)
+            .field("ack_wait", ack_wait)
+            .field("tls", tls)
+            .finish()
     }
 }
 
@@ -206,15 +281,149 @@ impl NatsConfig {
     }
 }
 
-/// Reads a secret from `value`, or else from the file `file` names (trailing newline dropped).
-pub fn secret(value: &str, file: &str) -> std::io::Result<Option<String>> {
-    if !value.is_empty() {
-        return Ok(Some(value.to_owned()));
+/// The environment variable of `setting`: `nats.password_file` →
+/// `FINALPRICE_NATS__PASSWORD_FILE`.
+fn env_var(setting: &str) -> String {
+    format!("FINALPRICE_{}", setting.replace('.', "__").to_uppercase())
+}
+
+/// The contents of the file `setting` names, less trailing whitespace: the newline an editor or
+/// `echo` leaves is no part of a secret.
+fn read_secret(setting: &'static str, path: &Path) -> Result<SecretString, ConfigError> {
+    let contents = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        setting,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(contents.trim_end().into())
+}
+
+/// A secret given inline (`nats.password`) or by a file to read (`nats.password_file`).
+enum Source {
+    Value(&'static str, SecretString),
+    File(&'static str, PathBuf),
+}
+
+impl Source {
+    /// The one of `value` (setting `value_setting`) and `file` given; both is refused, as
+    /// which of the two is meant cannot be told.
+    fn one_of(
+        value_setting: &'static str,
+        value: Option<SecretString>,
+        file_setting: &'static str,
+        file: Option<&Path>,
+    ) -> Result<Option<Self>, ConfigError> {
+        match (value, file) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid {
+                key: value_setting,
+                problem: format!("and {file_setting} are both set: give the secret one way"),
+            }),
+            (Some(value), None) => Ok(Some(Self::Value(value_setting, value))),
+            (None, Some(file)) => Ok(Some(Self::File(file_setting, file.to_owned()))),
+            (None, None) => Ok(None),
+        }
     }
-    if file.is_empty() {
-        return Ok(None);
+
+    fn setting(&self) -> &'static str {
+        match self {
+            Self::Value(setting, _) | Self::File(setting, _) => setting,
+        }
     }
-    Ok(Some(std::fs::read_to_string(file)?.trim_end().to_owned()))
+
+    fn read(self) -> Result<SecretString, ConfigError> {
+        match self {
+            Self::Value(_, value) => Ok(value),
+            Self::File(setting, path) => read_secret(setting, &path),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Sets [`NatsConfig::auth`] from the credential settings, reading the file of the one
+    /// given, so that a file that cannot be read stops the start naming its setting rather
+    /// than every reconnect failing. Settings naming two ways to log in are refused: the old
+    /// client sent them all and the server chose.
+    fn resolve_auth(&mut self) -> Result<(), ConfigError> {
+        let password = Source::one_of(
+            "nats.password",
+            self.password.take(),
+            "nats.password_file",
+            self.password_file.as_deref(),
+        )?;
+        let token = Source::one_of(
+            "nats.token",
+            self.token.take(),
+            "nats.token_file",
+            self.token_file.as_deref(),
+        )?;
+        let given: Vec<&'static str> = [
+            password.as_ref().map(Source::setting),
+            token.as_ref().map(Source::setting),
+            self.nkey_seed_file.as_ref().map(|_| "nats.nkey_seed_file"),
+            self.creds_file.as_ref().map(|_| "nats.creds_file"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let [first, second, ..] = given[..] {
+            return Err(ConfigError::Invalid {
+                key: first,
+                problem: format!(
+                    "and {second} are both set: a client logs in to nats-server one way"
+                ),
+            });
+        }
+        self.auth = if let Some(password) = password {
+            let Some(user) = self.user.clone() else {
+                return Err(ConfigError::Invalid {
+                    key: "nats.user",
+                    problem: format!("is not set, but {} is", password.setting()),
+                });
+            };
+            NatsAuth::UserPassword {
+                user,
+                password: password.read()?,
+            }
+        } else if let Some(token) = token {
+            // nats-server's token authorization has no users: a user name beside a token
+            // would look like part of the login and only rename the inboxes.
+            if self.user.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: token.setting(),
+                    problem: "and nats.user are both set: a token logs in without a user name"
+                        .into(),
+                });
+            }
+            NatsAuth::Token(token.read()?)
+        } else if let Some(path) = &self.nkey_seed_file {
+            let seed = read_secret("nats.nkey_seed_file", path)?;
+            NatsAuth::NkeySeed(seed.expose_secret().trim().into())
+        } else if let Some(path) = &self.creds_file {
+            let creds = read_secret("nats.creds_file", path)?;
+            // Parsed now so that a file of the wrong kind is named here, not at each connect.
+            if let Err(error) = async_nats::ConnectOptions::with_credentials(creds.expose_secret())
+            {
+                return Err(ConfigError::Invalid {
+                    key: "nats.creds_file",
+                    problem: format!("{}: {error}", path.display()),
+                });
+            }
+            NatsAuth::Creds(creds)
+        } else {
+            NatsAuth::None
+        };
+        Ok(())
+    }
+
+    /// Logs in as `user` with `password`: what `nats.user` and `nats.password` give, for a
+    /// configuration changed after it was loaded (tests).
+    pub fn log_in_with_password(&mut self, user: &str, password: &str) {
+        self.user = Some(user.to_owned());
+        self.auth = NatsAuth::UserPassword {
+            user: user.to_owned(),
+            password: password.into(),
+        };
+    }
 }
 
 /// The worker's database.
@@ -223,8 +432,12 @@ pub fn secret(value: &str, file: &str) -> std::io::Result<Option<String>> {
 pub struct DbConfig {
     /// May hold a password: never printed whole (see the `Debug` impl).
     pub url: String,
-    /// A file with the password, for a URL without one.
-    pub password_file: String,
+    /// The password for a URL without one: the contents of `db.password_file`, read when the
+    /// configuration loads.
+    #[serde(skip)]
+    pub password: Option<SecretString>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    password_file: Option<PathBuf>,
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -232,14 +445,24 @@ pub struct DbConfig {
     pub acquire_timeout: Duration,
 }
 
+/// As for [`NatsConfig`]: the password is a `SecretString`, the URL alone needs redacting.
 impl fmt::Debug for DbConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            url,
+            password,
+            password_file,
+            max_connections,
+            connect_timeout,
+            acquire_timeout,
+        } = self;
         f.debug_struct("DbConfig")
-            .field("url", &redact_url_password(&self.url))
-            .field("password_file", &self.password_file)
-            .field("max_connections", &self.max_connections)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("acquire_timeout", &self.acquire_timeout)
+            .field("url", &redact_url_password(url))
+            .field("password", password)
+            .field("password_file", password_file)
+            .field("max_connections", max_connections)
+            .field("connect_timeout", connect_timeout)
+            .field("acquire_timeout", acquire_timeout)
             .finish()
     }
 }
@@ -377,8 +600,12 @@ impl Config {
 
     /// Extracts and checks a configuration from any set of sources.
     pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
+        config.nats.resolve_auth()?;
+        if let Some(path) = &config.db.password_file {
+            config.db.password = Some(read_secret("db.password_file", path)?);
+        }
         Ok(config)
     }
 
@@ -623,6 +850,7 @@ fn redact_one_url_password(url: &str) -> String {
 mod tests {
     use super::*;
     use figment::providers::Serialized;
+    use secrecy::ExposeSecret;
 
     fn load_with(toml: &str) -> Result<Config, ConfigError> {
         Config::from_figment(&Figment::from(Toml::string(DEFAULTS_TOML)).merge(Toml::string(toml)))
@@ -855,5 +1083,232 @@ mod tests {
         assert!(shown.contains("postgres://fp:***@db:5432/fp"), "{shown}");
         let servers = redact_url_password("nats://a:one@n1:4222,nats://b:two@n2:4222");
         assert_eq!(servers, "nats://a:***@n1:4222,nats://b:***@n2:4222");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn no_secret_shows_in_the_debug_of_a_whole_configuration() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("db-password", "db-s3cret\n")?;
+            jail.set_env("NATS_URL", "nats://fp:url-s3cret@n1:4222,nats://n2:4222");
+            jail.set_env("DATABASE_URL", "postgres://fp:dburl-s3cret@db/fp");
+            jail.set_env("FINALPRICE_DB__PASSWORD_FILE", "db-password");
+            jail.set_env("FINALPRICE_NATS__USER", "front");
+            jail.set_env("FINALPRICE_NATS__PASSWORD", "nats-s3cret");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            let shown = format!("{config:?}");
+            for secret in ["url-s3cret", "dburl-s3cret", "db-s3cret", "nats-s3cret"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            // What an operator needs to see is still there.
+            for visible in [
+                "nats://fp:***@n1:4222,nats://n2:4222",
+                "postgres://fp:***@db/fp",
+                "db-password",
+                "\"front\"",
+                "REDACTED",
+            ] {
+                assert!(shown.contains(visible), "{visible} not in {shown}");
+            }
+
+            jail.set_env("FINALPRICE_NATS__USER", "");
+            jail.set_env("FINALPRICE_NATS__PASSWORD", "");
+            jail.set_env("FINALPRICE_NATS__TOKEN", "t0ken-s3cret");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            assert!(matches!(config.nats.auth, NatsAuth::Token(_)));
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("t0ken-s3cret"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn credential_files_are_read_at_load_less_their_trailing_newline() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("nats-password", "pass word\n")?;
+            jail.create_file("db-password", "db pass\r\n")?;
+            jail.set_env("FINALPRICE_NATS__USER", "worker");
+            jail.set_env("FINALPRICE_NATS__PASSWORD_FILE", "nats-password");
+            jail.set_env("FINALPRICE_DB__PASSWORD_FILE", "db-password");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            match &config.nats.auth {
+                NatsAuth::UserPassword { user, password } => {
+                    assert_eq!(user, "worker");
+                    assert_eq!(password.expose_secret(), "pass word");
+                }
+                other => panic!("{other:?}"),
+            }
+            let db_password = config.db.password.as_ref().map(ExposeSecret::expose_secret);
+            assert_eq!(db_password, Some("db pass"));
+
+            jail.create_file("token", "t0ken\n")?;
+            jail.set_env("FINALPRICE_NATS__USER", "");
+            jail.set_env("FINALPRICE_NATS__PASSWORD_FILE", "");
+            jail.set_env("FINALPRICE_NATS__TOKEN_FILE", "token");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            match &config.nats.auth {
+                NatsAuth::Token(token) => assert_eq!(token.expose_secret(), "t0ken"),
+                other => panic!("{other:?}"),
+            }
+
+            jail.create_file("seed", "  SUAEXAMPLE\n")?;
+            jail.set_env("FINALPRICE_NATS__TOKEN_FILE", "");
+            jail.set_env("FINALPRICE_NATS__NKEY_SEED_FILE", "seed");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            match &config.nats.auth {
+                NatsAuth::NkeySeed(seed) => assert_eq!(seed.expose_secret(), "SUAEXAMPLE"),
+                other => panic!("{other:?}"),
+            }
+
+            jail.create_file("not.creds", "no JWT here\n")?;
+            jail.set_env("FINALPRICE_NATS__NKEY_SEED_FILE", "");
+            jail.set_env("FINALPRICE_NATS__CREDS_FILE", "not.creds");
+            let refused = Config::from_figment(&Config::figment(None)).expect_err("no creds");
+            assert!(
+                refused
+                    .to_string()
+                    .contains("`nats.creds_file` not.creds: "),
+                "{refused}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn a_credential_file_that_cannot_be_read_stops_the_start_naming_setting_and_variable() {
+        for (setting, variable) in [
+            ("nats.password_file", "FINALPRICE_NATS__PASSWORD_FILE"),
+            ("nats.token_file", "FINALPRICE_NATS__TOKEN_FILE"),
+            ("nats.nkey_seed_file", "FINALPRICE_NATS__NKEY_SEED_FILE"),
+            ("nats.creds_file", "FINALPRICE_NATS__CREDS_FILE"),
+            ("db.password_file", "FINALPRICE_DB__PASSWORD_FILE"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                if setting == "nats.password_file" {
+                    jail.set_env("FINALPRICE_NATS__USER", "front");
+                }
+                jail.set_env(variable, "/nonexistent/secret");
+                let refused = Config::from_figment(&Config::figment(None)).expect_err(setting);
+                assert!(
+                    refused.to_string().starts_with(&format!(
+                        "configuration: {setting} ({variable}): /nonexistent/secret: No such \
+                         file or directory"
+                    )),
+                    "{refused}"
+                );
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn settings_naming_two_logins_are_refused_naming_both() {
+        /// `FINALPRICE_NATS__<key>` values, and the two settings the refusal must name.
+        type Case = (&'static [(&'static str, &'static str)], [&'static str; 2]);
+        let cases: &[Case] = &[
+            (
+                &[("USER", "front"), ("TOKEN", "t")],
+                ["nats.token", "nats.user"],
+            ),
+            (
+                &[("USER", "front"), ("TOKEN_FILE", "/t")],
+                ["nats.token_file", "nats.user"],
+            ),
+            (
+                &[("USER", "front"), ("PASSWORD", "p"), ("TOKEN", "t")],
+                ["nats.password", "nats.token"],
+            ),
+            (
+                &[
+                    ("USER", "front"),
+                    ("PASSWORD", "p"),
+                    ("PASSWORD_FILE", "/p"),
+                ],
+                ["nats.password", "nats.password_file"],
+            ),
+            (
+                &[("TOKEN", "t"), ("TOKEN_FILE", "/t")],
+                ["nats.token", "nats.token_file"],
+            ),
+            (
+                &[("NKEY_SEED_FILE", "/s"), ("CREDS_FILE", "/c")],
+                ["nats.nkey_seed_file", "nats.creds_file"],
+            ),
+            (
+                &[
+                    ("USER", "front"),
+                    ("PASSWORD_FILE", "/p"),
+                    ("CREDS_FILE", "/c"),
+                ],
+                ["nats.password_file", "nats.creds_file"],
+            ),
+            (&[("PASSWORD", "p")], ["nats.user", "nats.password"]),
+        ];
+        for (settings, named) in cases {
+            figment::Jail::expect_with(|jail| {
+                for (key, value) in *settings {
+                    jail.set_env(format!("FINALPRICE_NATS__{key}"), value);
+                }
+                let refused = Config::from_figment(&Config::figment(None))
+                    .expect_err(&format!("{settings:?}"))
+                    .to_string();
+                for setting in named {
+                    assert!(refused.contains(setting), "{settings:?}: {refused}");
+                }
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn an_empty_value_is_no_value() {
+        let config = load_with("").expect("defaults");
+        assert!(matches!(config.nats.auth, NatsAuth::None));
+        assert_eq!(config.nats.user, None);
+        assert!(config.db.password.is_none());
+        figment::Jail::expect_with(|jail| {
+            // An env file's `KEY=` beside a real login: not a second one, nor an empty secret.
+            for key in [
+                "FINALPRICE_NATS__PASSWORD",
+                "FINALPRICE_NATS__TOKEN",
+                "FINALPRICE_NATS__TOKEN_FILE",
+                "FINALPRICE_NATS__NKEY_SEED_FILE",
+                "FINALPRICE_NATS__CREDS_FILE",
+                "FINALPRICE_DB__PASSWORD_FILE",
+            ] {
+                jail.set_env(key, "");
+            }
+            jail.set_env("FINALPRICE_NATS__USER", "front");
+            jail.set_env("FINALPRICE_NATS__PASSWORD_FILE", "");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            assert!(matches!(config.nats.auth, NatsAuth::None), "{config:?}");
+            assert_eq!(config.nats.user.as_deref(), Some("front"));
+            assert!(config.db.password.is_none());
+
+            jail.set_env("FINALPRICE_NATS__USER", "");
+            let config = Config::from_figment(&Config::figment(None)).expect("valid");
+            assert_eq!(config.nats.user, None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn a_user_alone_or_beside_an_nkey_names_the_inboxes_and_is_accepted() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("seed", "SUAEXAMPLE\n")?;
+            jail.set_env("FINALPRICE_NATS__USER", "front");
+            let config = Config::from_figment(&Config::figment(None)).expect("a user alone");
+            assert!(matches!(config.nats.auth, NatsAuth::None));
+            jail.set_env("FINALPRICE_NATS__NKEY_SEED_FILE", "seed");
+            let config = Config::from_figment(&Config::figment(None)).expect("user and nkey");
+            assert!(matches!(config.nats.auth, NatsAuth::NkeySeed(_)));
+            assert_eq!(config.nats.user.as_deref(), Some("front"));
+            Ok(())
+        });
     }
 }

@@ -11,7 +11,9 @@ use async_nats::rustls::pki_types::pem::PemObject as _;
 use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use async_nats::{Client, ConnectOptions, Subscriber};
 
-use crate::config::{NatsConfig, NatsTlsConfig, redact_url_password, secret};
+use secrecy::ExposeSecret as _;
+
+use crate::config::{NatsAuth, NatsConfig, NatsTlsConfig, redact_url_password};
 
 /// `nats/stream-orders.json`: the work-queue stream of orders.
 pub const ORDERS_STREAM_JSON: &str = include_str!("../../nats/stream-orders.json");
@@ -337,28 +339,17 @@ async fn options(config: &NatsConfig, default_name: &str) -> Result<ConnectOptio
     } else {
         &config.client_name
     };
-    let mut options = ConnectOptions::new();
-    if !config.creds_file.is_empty() {
-        options = ConnectOptions::with_credentials_file(&config.creds_file)
-            .await
-            .map_err(SetupError::Credentials)?;
-    } else if !config.nkey_seed_file.is_empty() {
-        let seed =
-            std::fs::read_to_string(&config.nkey_seed_file).map_err(SetupError::Credentials)?;
-        options = ConnectOptions::with_nkey(seed.trim().to_owned());
-    }
-    if let Some(password) =
-        secret(&config.password, &config.password_file).map_err(SetupError::Credentials)?
-    {
-        options = options.user_and_password(config.user.clone(), password);
-    }
-    if let Some(token) =
-        secret(&config.token, &config.token_file).map_err(SetupError::Credentials)?
-    {
-        options = options.token(token);
-    }
-    options = tls_options(options, &config.tls)?;
-    Ok(options
+    // The one place a secret leaves its `SecretString`: async-nats keeps its own copy.
+    let options = match &config.auth {
+        NatsAuth::None => ConnectOptions::new(),
+        NatsAuth::UserPassword { user, password } => ConnectOptions::new()
+            .user_and_password(user.clone(), password.expose_secret().to_owned()),
+        NatsAuth::Token(token) => ConnectOptions::new().token(token.expose_secret().to_owned()),
+        NatsAuth::NkeySeed(seed) => ConnectOptions::with_nkey(seed.expose_secret().to_owned()),
+        NatsAuth::Creds(creds) => ConnectOptions::with_credentials(creds.expose_secret())
+            .map_err(SetupError::Credentials)?,
+    };
+    Ok(tls_options(options, &config.tls)?
         .custom_inbox_prefix(inbox_prefix(config))
         .name(name)
         .ping_interval(config.ping_interval)
@@ -436,11 +427,10 @@ fn private_key(setting: &'static str, path: &Path) -> Result<(), SetupError> {
 /// inboxes and let workers answer fronts there alone; `_INBOX`, the NATS default, otherwise.
 /// Characters a subject token cannot hold become `_`.
 pub fn inbox_prefix(config: &NatsConfig) -> String {
-    if config.user.is_empty() {
+    let Some(user) = &config.user else {
         return "_INBOX".to_owned();
-    }
-    let user: String = config
-        .user
+    };
+    let user: String = user
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -670,9 +660,9 @@ mod tests {
             "_INBOX",
             "no login: the NATS default"
         );
-        config.nats.user = "front".into();
+        config.nats.user = Some("front".into());
         assert_eq!(inbox_prefix(&config.nats), "_INBOX_front");
-        config.nats.user = "front.eu *>".into();
+        config.nats.user = Some("front.eu *>".into());
         assert_eq!(
             inbox_prefix(&config.nats),
             "_INBOX_front_eu___",

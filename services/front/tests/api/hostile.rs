@@ -210,8 +210,9 @@ async fn with_nats_authentication_the_right_credentials_work_and_wrong_ones_fail
     let nats = finalprice_testkit::NatsServer::start_with_user("finalprice", "s3cret-pass")
         .expect("nats-server with authentication");
     let mut app = spawn_app_on(nats, Backend::Sqlite, |config| {
-        config.nats.user = "finalprice".into();
-        config.nats.password = "s3cret-pass".into();
+        config
+            .nats
+            .log_in_with_password("finalprice", "s3cret-pass");
     })
     .await;
     app.start_worker().await;
@@ -225,8 +226,7 @@ async fn with_nats_authentication_the_right_credentials_work_and_wrong_ones_fail
         finalprice_testkit::NatsServer::start_with_user("finalprice", "s3cret-pass").expect("nats"),
         Backend::Sqlite,
         |config| {
-            config.nats.user = "finalprice".into();
-            config.nats.password = "wrong".into();
+            config.nats.log_in_with_password("finalprice", "wrong");
         },
     )
     .await;
