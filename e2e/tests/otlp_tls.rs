@@ -92,17 +92,10 @@ async fn front_exporting(
     .concat();
     let mut front = Service::start("finalprice-front", &env).expect("front starts");
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..400 {
-        if let Ok(answer) = http.get(format!("{address}/readyz")).send().await
-            && answer.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "front not ready:\n{}", front.log());
+    front
+        .wait_ready(&address, Duration::from_secs(10))
+        .await
+        .expect("front ready");
     // No worker: whatever the answer, the request makes the front's spans.
     http.post(format!("{address}/orders"))
         .header("content-type", "application/x-www-form-urlencoded")

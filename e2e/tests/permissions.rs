@@ -12,8 +12,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use finalprice_shared::messages::order_subject;
 use finalprice_shared::nats::workers_consumer_config;
 use finalprice_testkit::{
-    Backend, NatsServer, Service, TestDb, binary, clean_command, eventually, free_port,
-    test_password,
+    Backend, NatsServer, Service, TestDb, binary, clean_command, free_port, test_password,
 };
 use tokio::sync::mpsc;
 
@@ -167,17 +166,10 @@ async fn each_nats_user_does_its_part_and_nothing_else() {
     let front = Service::start("finalprice-front", &front_env).expect("front");
     let http = reqwest::Client::new();
     let address = format!("http://127.0.0.1:{port}");
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            http.get(format!("{address}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|answer| answer.status() == 200)
-        })
-        .await,
-        "the front is ready as `front`:\n{}",
-        front.log()
-    );
+    front
+        .wait_ready(&address, Duration::from_secs(20))
+        .await
+        .expect("the front is ready as `front`");
 
     // An order end to end: published as `front`, committed and confirmed on the front's inbox
     // as `worker`; then its state asked of the workers.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream;
 use finalprice_shared::config::{Config, NatsConfig};
 use finalprice_shared::nats;
-use finalprice_testkit::{Backend, NatsServer, Service, TestCa, TestDb, eventually, free_port};
+use finalprice_testkit::{Backend, NatsServer, Service, TestCa, TestDb, free_port};
 
 /// A refused or failed connection must be reported within this, not retried behind the caller.
 const ANSWERED_WITHIN: Duration = Duration::from_secs(15);
@@ -211,17 +211,10 @@ async fn a_front_and_a_worker_take_an_order_over_tls_set_by_environment_variable
     let front = Service::start("finalprice-front", &front_env).expect("front");
     let http = reqwest::Client::new();
     let address = format!("http://127.0.0.1:{port}");
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            http.get(format!("{address}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|answer| answer.status() == 200)
-        })
-        .await,
-        "the front is ready over TLS:\n{}",
-        front.log()
-    );
+    front
+        .wait_ready(&address, Duration::from_secs(20))
+        .await
+        .expect("the front is ready over TLS");
 
     let answer = http
         .post(format!("{address}/orders"))

@@ -144,6 +144,25 @@ impl Service {
         )
     }
 
+    /// Waits until the front at `address` (`http://host:port`) answers `/readyz` with 200.
+    pub async fn wait_ready(&self, address: &str, within: Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let ready = crate::eventually(within, || async {
+            http.get(format!("{address}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|answer| answer.status() == 200)
+        });
+        if ready.await {
+            return Ok(());
+        }
+        bail!(
+            "{} at {address} not ready within {within:?}:\n{}",
+            self.name,
+            self.log()
+        )
+    }
+
     /// SIGKILL: a crash, nothing flushed.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
