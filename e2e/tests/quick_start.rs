@@ -122,10 +122,14 @@ fn preflight_passes_the_machine_the_tests_run_on() {
 fn preflight_for_the_tests_off_debian_names_each_package_and_installs_nothing() {
     // No apt-get on this PATH: as off Debian, nothing can be installed, whoever runs it.
     let machine = bare_machine("1.95.0");
+    // Nor anything an earlier run unpacked into the project's .tools/ (as an ordinary user's
+    // `just test` does with Debian's prometheus and kubectl packages).
+    let no_tools = tempfile::tempdir().expect("temp dir");
     let output = Command::new(repository().join("scripts/preflight"))
         .arg("test")
         .current_dir(repository())
         .env("PATH", machine.path())
+        .env("FINALPRICE_TOOLS", no_tools.path())
         .env_remove("TEST_POSTGRES_URL")
         .output()
         .expect("scripts/preflight runs");
