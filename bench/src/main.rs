@@ -69,6 +69,10 @@ struct Args {
     /// Post urlencoded forms as a browser does (answered 303) instead of JSON (201 or 202)
     #[arg(long)]
     form: bool,
+    /// Where the front's memory and CPU are read, its /metrics (a front with an admin listener,
+    /// as each of `just up-cluster`'s: 127.0.0.1:9464) [default: the URL's host and port]
+    #[arg(long, value_name = "HOST:PORT")]
+    front_metrics: Option<String>,
     /// Add this worker's memory and CPU, from its /metrics, to the report
     #[arg(long, value_name = "HOST:PORT")]
     worker_metrics: Option<String>,
@@ -263,11 +267,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // The front's memory and CPU are read from its own /metrics, so the figures need no access
     // to its host: once at each phase boundary, and every 250 ms for the peak and the picture.
-    let mut probe = Probe::new(&authority, started);
+    let front_metrics = args.front_metrics.as_deref().unwrap_or(&authority);
+    let mut probe = Probe::new(front_metrics, started);
     let at_start = probe.sample().await;
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sampler = tokio::spawn(sample_every(
-        Probe::new(&authority, started),
+        Probe::new(front_metrics, started),
         Duration::from_millis(250),
         Arc::clone(&samples),
     ));

@@ -302,7 +302,11 @@ pub fn render_text(run: &Run) -> String {
     match &run.front {
         Some(front) => process_line(&mut out, "front", front, confirmed),
         None => {
-            let _ = writeln!(out, "front: memory and CPU not reported by its /metrics");
+            let _ = writeln!(
+                out,
+                "front: memory and CPU not reported by its /metrics (a front with an admin \
+                 listener serves them there: --front-metrics HOST:PORT)"
+            );
         }
     }
     if let Some(worker) = &run.worker {

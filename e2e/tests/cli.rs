@@ -124,6 +124,7 @@ fn the_load_generator_lists_every_flag_with_its_line() {
         "--rate",
         "--hold",
         "--form",
+        "--front-metrics",
         "--worker-metrics",
         "--nats-cpu",
         "--nats-monitor",

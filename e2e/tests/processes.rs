@@ -1039,7 +1039,11 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
     let _worker = stack
         .worker_with(&[("FINALPRICE_WORKER__METRICS_ADDR", worker_metrics.clone())])
         .await;
-    let _front = stack.front().await;
+    // Its metrics on an admin listener, as each of `just up-cluster`'s fronts has them.
+    let front_metrics = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let _front = stack
+        .front_with(&[("FINALPRICE_HTTP__ADMIN_ADDR", front_metrics.clone())])
+        .await;
     let dir = tempfile::tempdir().expect("temp dir");
     let report = dir.path().join("load-report.svg");
 
@@ -1054,6 +1058,8 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
                 "300",
                 "--hold",
                 "1",
+                "--front-metrics",
+                &front_metrics,
                 "--worker-metrics",
                 &worker_metrics,
             ])
@@ -1078,7 +1084,8 @@ async fn the_load_tool_reports_truthfully_on_a_small_run() {
     );
     assert!(text.contains("0 stored twice (must be 0)"), "{text}");
     assert!(text.contains("latency ms: p50"), "{text}");
-    // The front's own figures come from its /metrics; the hold kept every connection open.
+    // The front's own figures come from its /metrics (the shoppers' port has none here); the
+    // hold kept every connection open.
     assert!(text.contains("front: RSS "), "{text}");
     assert!(text.contains(" ms per 1,000 confirmed orders"), "{text}");
     // So do the worker's, and the generator reports what it cost the machine itself.
