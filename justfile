@@ -60,6 +60,11 @@ logs:
     [ ${#logs[@]} -gt 0 ] || logs=(.run/front.log .run/worker.log .run/nats.log)
     exec tail -n 50 -F "${logs[@]}"
 
+# Prometheus with the shipped alert rules, scraping what `just up` or `just up-cluster` runs (PROMETHEUS_ADDR, default 127.0.0.1:9090); Ctrl-C stops it
+[group('operations')]
+prometheus:
+    scripts/prometheus
+
 # Show the queue, the consumer's backlog (lag), dead letters, and which fronts and workers are alive
 [group('operations')]
 status: build

@@ -767,6 +767,7 @@ fn every_operator_recipe_is_listed_with_its_help_line() {
         "dc-lint",
         "dc-nats",
         "certs",
+        "prometheus",
     ] {
         let line = list
             .lines()

@@ -1,11 +1,13 @@
 //! The Quick start's scripts as a newcomer meets them: `scripts/up` refuses a taken port and names
-//! the process that holds it, and `scripts/preflight` stops a machine that lacks a compiler or a
-//! new enough Rust with the sentence that says what to install.
+//! the process that holds it, `scripts/preflight` stops a machine that lacks a compiler or a new
+//! enough Rust with the sentence that says what to install, and `just prometheus` watches what
+//! `just up` started with the shipped rules.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use finalprice_testkit::{binary, free_port, repository, tool};
+use finalprice_testkit::{binary, eventually, free_port, repository, tool};
 
 #[test]
 fn up_refuses_a_taken_port_and_names_the_process_holding_it() {
@@ -156,4 +158,179 @@ fn preflight_for_the_tests_off_debian_names_each_package_and_installs_nothing() 
         "{stderr}"
     );
     assert!(!stderr.contains("this machine has rustc"), "{stderr}");
+}
+
+/// A script of the Quick start running in the background, its output in a file; stopped as
+/// Ctrl-C would (SIGINT) when dropped, so nothing outlives a failed test.
+struct Script {
+    child: std::process::Child,
+    output: std::path::PathBuf,
+}
+
+impl Script {
+    fn start(command: &mut Command, output: std::path::PathBuf) -> Self {
+        let file = std::fs::File::create(&output).expect("output file");
+        let child = command
+            .current_dir(repository())
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("output file"))
+            .stderr(file)
+            .spawn()
+            .expect("the script starts");
+        Script { child, output }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    /// Waits for `line` in the output, failing with the output if the script ends first.
+    async fn wait_for(&mut self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.output().contains(line) {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                panic!("ended ({status}) before {line:?}:\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} within 2 minutes:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn just_prometheus_loads_the_shipped_rules_and_scrapes_what_just_up_started() {
+    let run_dir = tempfile::tempdir().expect("temp dir");
+    let bin_dir = binary("finalprice-front")
+        .expect("built")
+        .parent()
+        .expect("a folder")
+        .to_path_buf();
+    let port = || free_port().expect("a port").to_string();
+    let front = format!("127.0.0.1:{}", port());
+    let worker = format!("127.0.0.1:{}", port());
+    let mut up = Script::start(
+        Command::new(repository().join("scripts/up"))
+            .env("UP_RUN_DIR", run_dir.path())
+            .env("BIN_DIR", &bin_dir)
+            .env("NATS_SERVER_BIN", tool("nats-server").expect("nats-server"))
+            .env("UP_NATS_PORT", port())
+            .env("UP_NATS_MONITOR_PORT", port())
+            .env("FINALPRICE_HTTP__ADDR", &front)
+            .env("FINALPRICE_WORKER__METRICS_ADDR", &worker)
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}/orders.db?mode=rwc", run_dir.path().display()),
+            )
+            .env_remove("NATS_URL")
+            .env_remove("FINALPRICE_HTTP__ADMIN_ADDR"),
+        run_dir.path().join("up.out"),
+    );
+    up.wait_for("FinalPrice is up").await;
+    assert!(
+        up.output().contains(&format!(
+            "metrics: http://{front}/metrics (front), http://{worker}/metrics (worker)"
+        )),
+        "{}",
+        up.output()
+    );
+
+    let prometheus_address = format!("127.0.0.1:{}", port());
+    let mut prometheus = Script::start(
+        Command::new(repository().join("scripts/prometheus"))
+            .env("UP_RUN_DIR", run_dir.path())
+            .env("PROMETHEUS_ADDR", &prometheus_address),
+        run_dir.path().join("prometheus.out"),
+    );
+    prometheus.wait_for("Prometheus is up").await;
+
+    // Both jobs the rules select on, each with the one process `just up` started, scraped.
+    let http = reqwest::Client::new();
+    let api = |path: &str| {
+        let request = http.get(format!("http://{prometheus_address}/api/v1/{path}"));
+        async move {
+            let answer: serde_json::Value = request
+                .send()
+                .await
+                .expect("Prometheus answers")
+                .json()
+                .await
+                .expect("JSON");
+            answer["data"].clone()
+        }
+    };
+    let wanted = [
+        ("finalprice-front".to_owned(), front),
+        ("finalprice-worker".to_owned(), worker),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut scraped: Vec<(String, String)>;
+    loop {
+        let targets = api("targets").await;
+        scraped = targets["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|target| target["health"] == "up")
+            .map(|target| {
+                let label = |name: &str| {
+                    target["labels"][name]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                (label("job"), label("instance"))
+            })
+            .collect();
+        scraped.sort();
+        if scraped == wanted || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(scraped, wanted, "{}", prometheus.output());
+
+    // The shipped rule file, whole, every rule evaluated without error.
+    let rules = api("rules").await;
+    let rules: Vec<&serde_json::Value> = rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        .collect();
+    let shipped =
+        std::fs::read_to_string(repository().join("deploy/prometheus/rules/finalprice.yml"))
+            .expect("rule file");
+    let count = shipped.matches("- alert: ").count() + shipped.matches("- record: ").count();
+    assert_eq!(rules.len(), count, "{rules:?}");
+    let evaluated = eventually(Duration::from_secs(30), || async {
+        let rules = api("rules").await;
+        rules["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+            .all(|rule| rule["health"] == "ok")
+    })
+    .await;
+    assert!(evaluated, "{:?}", api("rules").await);
+
+    drop(prometheus);
+    drop(up);
+    assert!(
+        !run_dir.path().join("pids").exists(),
+        "the stack did not stop"
+    );
 }
