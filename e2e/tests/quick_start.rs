@@ -9,30 +9,37 @@ use std::time::{Duration, Instant};
 
 use finalprice_testkit::{binary, eventually, free_port, repository, tool};
 
+/// `scripts/up` as `just up` runs it, with its run directory in `run_dir` and the tests' own
+/// builds and nats-server.
+fn scripts_up(run_dir: &Path) -> Command {
+    let bin_dir = binary("finalprice-front")
+        .expect("built")
+        .parent()
+        .expect("a folder")
+        .to_path_buf();
+    let mut up = Command::new(repository().join("scripts/up"));
+    up.current_dir(repository())
+        .env("UP_RUN_DIR", run_dir)
+        .env("BIN_DIR", bin_dir)
+        .env("NATS_SERVER_BIN", tool("nats-server").expect("nats-server"))
+        .env_remove("NATS_URL");
+    up
+}
+
 #[test]
 fn up_refuses_a_taken_port_and_names_the_process_holding_it() {
     let taken =
         std::net::TcpListener::bind(("127.0.0.1", free_port().expect("a port"))).expect("listen");
     let taken_address = taken.local_addr().expect("address");
     let run_dir = tempfile::tempdir().expect("temp dir");
-    let bin_dir = binary("finalprice-front")
-        .expect("built")
-        .parent()
-        .expect("a folder")
-        .to_path_buf();
 
-    let output = Command::new(repository().join("scripts/up"))
-        .current_dir(repository())
-        .env("UP_RUN_DIR", run_dir.path())
-        .env("BIN_DIR", &bin_dir)
-        .env("NATS_SERVER_BIN", tool("nats-server").expect("nats-server"))
+    let output = scripts_up(run_dir.path())
         .env("FINALPRICE_HTTP__ADDR", taken_address.to_string())
         .env(
             "FINALPRICE_WORKER__METRICS_ADDR",
             format!("127.0.0.1:{}", free_port().expect("a port")),
         )
         .env("DATABASE_URL", "sqlite::memory:")
-        .env_remove("NATS_URL")
         .output()
         .expect("scripts/up runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -213,19 +220,11 @@ impl Drop for Script {
 #[tokio::test]
 async fn just_prometheus_loads_the_shipped_rules_and_scrapes_what_just_up_started() {
     let run_dir = tempfile::tempdir().expect("temp dir");
-    let bin_dir = binary("finalprice-front")
-        .expect("built")
-        .parent()
-        .expect("a folder")
-        .to_path_buf();
     let port = || free_port().expect("a port").to_string();
     let front = format!("127.0.0.1:{}", port());
     let worker = format!("127.0.0.1:{}", port());
     let mut up = Script::start(
-        Command::new(repository().join("scripts/up"))
-            .env("UP_RUN_DIR", run_dir.path())
-            .env("BIN_DIR", &bin_dir)
-            .env("NATS_SERVER_BIN", tool("nats-server").expect("nats-server"))
+        scripts_up(run_dir.path())
             .env("UP_NATS_PORT", port())
             .env("UP_NATS_MONITOR_PORT", port())
             .env("FINALPRICE_HTTP__ADDR", &front)
@@ -234,7 +233,6 @@ async fn just_prometheus_loads_the_shipped_rules_and_scrapes_what_just_up_starte
                 "DATABASE_URL",
                 format!("sqlite://{}/orders.db?mode=rwc", run_dir.path().display()),
             )
-            .env_remove("NATS_URL")
             .env_remove("FINALPRICE_HTTP__ADMIN_ADDR"),
         run_dir.path().join("up.out"),
     );
@@ -303,25 +301,24 @@ async fn just_prometheus_loads_the_shipped_rules_and_scrapes_what_just_up_starte
     assert_eq!(scraped, wanted, "{}", prometheus.output());
 
     // The shipped rule file, whole, every rule evaluated without error.
-    let rules = api("rules").await;
-    let rules: Vec<&serde_json::Value> = rules["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
-        .collect();
+    let rules_of = |data: &serde_json::Value| -> Vec<serde_json::Value> {
+        data["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+            .cloned()
+            .collect()
+    };
+    let rules = rules_of(&api("rules").await);
     let shipped =
         std::fs::read_to_string(repository().join("deploy/prometheus/rules/finalprice.yml"))
             .expect("rule file");
     let count = shipped.matches("- alert: ").count() + shipped.matches("- record: ").count();
     assert_eq!(rules.len(), count, "{rules:?}");
     let evaluated = eventually(Duration::from_secs(30), || async {
-        let rules = api("rules").await;
-        rules["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        rules_of(&api("rules").await)
+            .iter()
             .all(|rule| rule["health"] == "ok")
     })
     .await;
