@@ -108,11 +108,13 @@ async fn askers_of_one_id_share_one_look_and_an_accepted_order_is_looked_up_once
 
 #[tokio::test]
 async fn lookups_past_their_own_bound_get_503_before_any_nats_work() {
-    // No worker: a look waits the whole status timeout, holding the one slot.
+    // No worker: a look waits the whole status timeout, holding the one slot. Long enough that
+    // the second lookup arrives while it is held even on a loaded machine (CI runs ~50 of these
+    // tests at once on two cores).
     let app = spawn_app_with(Backend::Sqlite, |config| {
         config.http.max_lookups_in_flight = 1;
         config.http.lookup_rate_per_second = 0;
-        config.http.status_timeout = Duration::from_secs(3);
+        config.http.status_timeout = Duration::from_secs(10);
         config.http.retry_after = Duration::from_secs(4);
     })
     .await;
@@ -121,8 +123,9 @@ async fn lookups_past_their_own_bound_get_503_before_any_nats_work() {
 
     let held = lookup(&app, Uuid::now_v7(), "192.0.2.1");
     let refused = async {
-        let started =
-            finalprice_testkit::eventually(Duration::from_secs(5), || async { looks.count() == 1 });
+        let started = finalprice_testkit::eventually(Duration::from_secs(20), || async {
+            looks.count() == 1
+        });
         assert!(started.await, "the first look reached nats-server");
         let answer = lookup(&app, Uuid::now_v7(), "192.0.2.2").await;
         let looked = looks.count();
